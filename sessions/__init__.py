@@ -1,0 +1,39 @@
+"""Session state and the per-session event log; knows nothing of WebSockets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .fanout import Fanout, Subscriber
+from .store import AcceptResult, DeltaWrite, LogEntry, SessionRecord, SessionStore, Snapshot
+from .tail import LogGap, SlowConsumer, replay, tail
+
+
+def open_store(url: str, **limits: Any) -> SessionStore:
+    """A store chosen by URL: ``memory://`` or ``redis://host:port/db`` (``rediss://`` too)."""
+    if url.startswith("memory://"):
+        from .memory import MemoryStore
+
+        return MemoryStore(**limits)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from .redis_store import RedisStore
+
+        return RedisStore(url, **limits)
+    raise ValueError(f"unsupported store URL {url!r}: use memory:// or redis://HOST:PORT/DB")
+
+
+__all__ = [
+    "AcceptResult",
+    "DeltaWrite",
+    "Fanout",
+    "LogEntry",
+    "LogGap",
+    "SessionRecord",
+    "SessionStore",
+    "SlowConsumer",
+    "Snapshot",
+    "Subscriber",
+    "open_store",
+    "replay",
+    "tail",
+]

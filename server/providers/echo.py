@@ -31,9 +31,9 @@ def reply_words(messages: list[ChatMessage], n_tokens: int) -> list[str]:
     """The deterministic reply: shows the last user turn and that earlier turns were seen."""
     users = [m.content for m in messages if m.role == "user"]
     last = users[-1].split() if users else []
-    words = ["Echo", f"turn-{len(users)}:"] + last[:20]
+    words = ["Echo", f"turn-{len(users)}:", *last[:20]]
     if len(users) > 1:
-        words += ["(earlier:"] + users[0].split()[:5] + [")"]
+        words += ["(earlier:", *users[0].split()[:5], ")"]
     digest = hashlib.sha256("\x00".join(f"{m.role}:{m.content}" for m in messages).encode()).digest()
     rng = random.Random(digest)
     while len(words) < n_tokens:
@@ -48,7 +48,7 @@ def schema_instance(schema: dict[str, Any], seed: str) -> Any:
     if "enum" in schema:
         return schema["enum"][0]
     for key in ("anyOf", "oneOf"):
-        if key in schema and schema[key]:
+        if schema.get(key):
             return schema_instance(schema[key][0], seed)
     kind = schema.get("type", "object")
     if isinstance(kind, list):

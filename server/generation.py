@@ -1,0 +1,356 @@
+"""Generations: model responses that run apart from any WebSocket and write to the log.
+
+A ``Generation`` reads its provider's stream and hands text to the process-wide
+``DeltaWriter``, which coalesces: when no write is in flight, text goes out at
+once; text arriving while a write is in flight (for any local generation) joins
+the next write, one pipelined store round trip for all of them. A client that
+drops does not stop a generation; only a cancel (from any instance), a lease
+lost to another instance, or process shutdown does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol import encode
+from protocol.errors import ErrorCode, ParleyError, PolicyRefusal, SchemaValidationFailed
+from protocol.messages import ErrorInfo, ResponseCompleted, ResponseDelta, Usage
+from sessions import DeltaWrite, SessionStore
+
+from .providers.base import Finish, ModelProvider, ModelRequest, TextDelta, UsageReport
+from .settings import Settings
+
+log = logging.getLogger("parley.generation")
+
+#: Back-off between retries of a failed store write (Redis outage) by the delta writer.
+WRITE_RETRY_S = 0.1
+#: How long a finished generation keeps retrying its terminal write before the reaper's lease
+#: expiry takes over (the reaper then logs it as interrupted on some instance).
+FINISH_RETRY_S = 30.0
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(eq=False, slots=True)
+class Generation:
+    session_id: str
+    response_id: str
+    request: ModelRequest
+    provider: ModelProvider
+    on_done: Callable[[Generation], None] | None = None
+    task: asyncio.Task[None] | None = None
+    cancel_requested: bool = False
+    abandoned: bool = False  # another instance ended it: write nothing more
+    logged_chars: int = 0
+    text_parts: list[str] = field(default_factory=list)
+    usage: UsageReport | None = None
+    output_tokens: int = 0
+    flushed: asyncio.Event = field(default_factory=asyncio.Event)
+    started: float = field(default_factory=time.monotonic)
+    first_token: float | None = None
+
+    def request_cancel(self) -> None:
+        """Stop reading the model; the runner then logs ``finish_reason: cancelled``."""
+        if not self.cancel_requested and self.task is not None and not self.task.done():
+            self.cancel_requested = True
+            self.task.cancel()
+
+    def abandon(self) -> None:
+        self.abandoned = True
+        self.request_cancel()
+
+
+class DeltaWriter:
+    """Batches pending text of all local generations into one store write per tick."""
+
+    def __init__(self, store: SessionStore, coalesce_ms: float = 0.0) -> None:
+        self.store = store
+        self.coalesce_s = coalesce_ms / 1000
+        self._pending: dict[Generation, list[str]] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.frames = 0  # delta events written (for benchmarks and metrics)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="parley-delta-writer")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def add(self, gen: Generation, text: str) -> None:
+        parts = self._pending.get(gen)
+        if parts is None:
+            self._pending[gen] = [text]
+            gen.flushed.clear()
+            self._wake.set()
+        else:
+            parts.append(text)
+
+    def discard(self, gen: Generation) -> None:
+        """Drop text not yet written (after a cancel nothing more may be logged)."""
+        self._pending.pop(gen, None)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self.coalesce_s:
+                await asyncio.sleep(self.coalesce_s)
+            batch, self._pending = self._pending, {}
+            if not batch:
+                continue
+            gens = list(batch)
+            texts = ["".join(batch[g]) for g in gens]
+            writes = [
+                DeltaWrite(
+                    g.session_id, g.response_id, t, encode(ResponseDelta(response_id=g.response_id, text=t))
+                )
+                for g, t in zip(gens, texts, strict=True)
+            ]
+            try:
+                results = await self.store.append_deltas(writes)
+            except ParleyError:
+                log.warning("delta write failed; retrying", exc_info=True)
+                for g, t in zip(gens, texts, strict=True):  # put back, ahead of newer text
+                    self._pending[g] = [t, *self._pending.get(g, [])]
+                await asyncio.sleep(WRITE_RETRY_S)
+                self._wake.set()
+                continue
+            for g, t, res in zip(gens, texts, results, strict=True):
+                if res == "cancel":
+                    g.request_cancel()
+                elif res == "gone":
+                    g.abandon()
+                else:
+                    g.logged_chars += len(t)
+                    self.frames += 1
+                if g not in self._pending:
+                    g.flushed.set()
+            if self._pending:
+                self._wake.set()
+
+
+class Generations:
+    """This process's running generations: start, cancel, lease renewal, crash recovery."""
+
+    def __init__(self, store: SessionStore, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self.writer = DeltaWriter(store, settings.coalesce_ms)
+        self.running: dict[tuple[str, str], Generation] = {}
+        self._loops: list[asyncio.Task[None]] = []
+        self.on_finish: list[Callable[[Generation, str], None]] = []
+        store.on_cancel(self._on_cancel)
+
+    def start(self) -> None:
+        self.writer.start()
+        self._loops = [
+            asyncio.create_task(self._renew_loop(), name="parley-lease-renew"),
+            asyncio.create_task(self._reap_loop(), name="parley-reaper"),
+        ]
+
+    async def stop(self, drain_s: float = 0.0) -> None:
+        """Let running generations finish for up to ``drain_s``, then end the rest as interrupted."""
+        if self.running and drain_s > 0:
+            tasks = [g.task for g in self.running.values() if g.task]
+            await asyncio.wait(tasks, timeout=drain_s)
+        for gen in list(self.running.values()):
+            if gen.task and not gen.task.done():
+                gen.task.cancel()
+        tasks = [g.task for g in self.running.values() if g.task]
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        for task in self._loops:
+            task.cancel()
+        await self.writer.stop()
+
+    def launch(
+        self, session_id: str, response_id: str, request: ModelRequest, provider: ModelProvider
+    ) -> None:
+        gen = Generation(session_id, response_id, request, provider)
+        gen.flushed.set()
+        self.running[(session_id, response_id)] = gen
+        gen.task = asyncio.create_task(self._run(gen), name=f"gen-{response_id}")
+
+    def _on_cancel(self, session_id: str, response_id: str) -> None:
+        gen = self.running.get((session_id, response_id))
+        if gen is not None:
+            gen.request_cancel()
+
+    async def _run(self, gen: Generation) -> None:
+        finish_reason = "stop"
+        error: ParleyError | None = None
+        shutdown = False
+        try:
+            try:
+                async for ev in gen.provider.stream(gen.request):
+                    if isinstance(ev, TextDelta):
+                        if not ev.text:
+                            continue
+                        if gen.first_token is None:
+                            gen.first_token = time.monotonic()
+                        gen.text_parts.append(ev.text)
+                        gen.output_tokens += 1
+                        self.writer.add(gen, ev.text)
+                    elif isinstance(ev, UsageReport):
+                        gen.usage = ev
+                    elif isinstance(ev, Finish):
+                        finish_reason = ev.reason
+                await gen.flushed.wait()
+            except asyncio.CancelledError:
+                if not gen.cancel_requested:
+                    shutdown = True  # process shutdown: end as interrupted
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                self.writer.discard(gen)
+                finish_reason = "interrupted" if shutdown else "cancelled"
+            except PolicyRefusal as exc:
+                self.writer.discard(gen)
+                finish_reason, error = "content_filter", exc
+            except ParleyError as exc:
+                await self._settle(gen)
+                finish_reason, error = "error", exc
+            except Exception:
+                log.exception("generation failed", extra={"response_id": gen.response_id})
+                await self._settle(gen)
+                finish_reason, error = "error", ParleyError()
+            if gen.abandoned:
+                return
+            completed = self._completed(gen, finish_reason, error)
+            await self._finish(gen, completed)
+        finally:
+            self.running.pop((gen.session_id, gen.response_id), None)
+
+    async def _settle(self, gen: Generation) -> None:
+        """Wait (briefly) for text already handed to the writer, so the log keeps the partial reply."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(gen.flushed.wait(), 2.0)
+
+    def _completed(self, gen: Generation, finish_reason: str, error: ParleyError | None) -> ResponseCompleted:
+        output: Any = None
+        fmt = gen.request.response_format
+        if finish_reason == "stop" and fmt and fmt.get("type") == "json_schema":
+            text = "".join(gen.text_parts)
+            try:
+                output = json.loads(text)
+                validate_schema(output, fmt.get("schema", {}))
+            except (ValueError, SchemaValidationFailed) as exc:
+                output = None
+                finish_reason = "error"
+                error = (
+                    exc
+                    if isinstance(exc, SchemaValidationFailed)
+                    else SchemaValidationFailed("the output is not valid JSON")
+                )
+        if finish_reason == "interrupted" and error is None:
+            from protocol.errors import UpstreamUnavailable
+
+            error = UpstreamUnavailable("the response was interrupted; you may send it again")
+        end = time.monotonic()
+        usage = gen.usage or UsageReport(
+            input_tokens=sum(len(m.content.split()) for m in gen.request.messages),
+            output_tokens=gen.output_tokens,
+        )
+        return ResponseCompleted(
+            response_id=gen.response_id,
+            finish_reason=finish_reason,  # type: ignore[arg-type]
+            output=output,
+            usage=Usage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens),
+            ttft_ms=None if gen.first_token is None else round((gen.first_token - gen.started) * 1000),
+            latency_ms=round((end - gen.started) * 1000),
+            error=None
+            if error is None
+            else ErrorInfo(code=error.code, message=error.message, retryable=error.retryable),
+        )
+
+    async def _finish(self, gen: Generation, completed: ResponseCompleted) -> None:
+        body = encode(completed)
+        deadline = time.monotonic() + FINISH_RETRY_S
+        while True:
+            try:
+                await self.store.finish(
+                    gen.session_id, gen.response_id, body=body, finish_reason=completed.finish_reason
+                )
+                break
+            except ParleyError:
+                if time.monotonic() > deadline:
+                    log.error("could not log the end of %s; the reaper will", gen.response_id)
+                    return
+                await asyncio.sleep(WRITE_RETRY_S * 5)
+        for cb in self.on_finish:
+            cb(gen, completed.finish_reason)
+
+    async def _renew_loop(self) -> None:
+        period = self.settings.lease_renew_ms / 1000
+        while True:
+            await asyncio.sleep(period)
+            gens = list(self.running.values())
+            deadline = now_ms() + self.settings.lease_ms
+            results = await asyncio.gather(
+                *(self.store.renew(g.session_id, g.response_id, deadline) for g in gens),
+                return_exceptions=True,
+            )
+            for g, res in zip(gens, results, strict=True):
+                if res == "cancel":
+                    g.request_cancel()
+                elif res == "gone":
+                    g.abandon()
+
+    async def _reap_loop(self) -> None:
+        period = self.settings.reaper_interval_ms / 1000
+        while True:
+            await asyncio.sleep(period)
+            with contextlib.suppress(ParleyError):
+                await self.reap_once()
+
+    async def reap_once(self) -> int:
+        """End generations whose lease expired (their process died) as ``interrupted``."""
+        now = now_ms()
+        reaped = 0
+        for session_id, response_id in await self.store.expired_leases(now):
+            if (session_id, response_id) in self.running:
+                continue  # ours and alive; renewal is merely late
+            body = encode(interrupted_event(response_id))
+            entry = await self.store.finish(
+                session_id, response_id, body=body, finish_reason="interrupted", expired_before=now
+            )
+            if entry is not None:
+                reaped += 1
+                log.warning("reaped %s of session %s", response_id, session_id)
+        return reaped
+
+
+def interrupted_event(response_id: str) -> ResponseCompleted:
+    """The terminal event for a response whose generating process is gone."""
+    return ResponseCompleted(
+        response_id=response_id,
+        finish_reason="interrupted",
+        error=ErrorInfo(
+            code=ErrorCode.UPSTREAM_UNAVAILABLE,
+            message="the response was interrupted; you may send it again",
+            retryable=True,
+        ),
+    )
+
+
+def validate_schema(instance: Any, schema: dict[str, Any]) -> None:
+    """Validate with ``jsonschema``; raise ``SchemaValidationFailed`` with a short reason."""
+    import jsonschema
+
+    try:
+        jsonschema.validate(instance, schema)
+    except jsonschema.ValidationError as exc:
+        raise SchemaValidationFailed(f"output does not match the schema: {exc.message[:200]}") from None
+    except jsonschema.SchemaError as exc:
+        raise SchemaValidationFailed("the requested schema is invalid") from exc

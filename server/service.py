@@ -1,0 +1,192 @@
+"""What a connection can ask of a session, independent of the WebSocket that asks.
+
+Each operation validates against the session's owner, performs one atomic store
+change, and raises a ``ParleyError`` (mapped 1:1 to a wire error) when refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from protocol import encode
+from protocol.errors import Busy, InvalidMessage, PayloadTooLarge, SessionNotFound
+from protocol.messages import FeedbackRecorded, MessageAccepted, MessageDuplicate, ResponseStarted
+from sessions import SessionStore
+
+from .generation import Generations, interrupted_event, now_ms
+from .providers.base import ChatMessage, ModelProvider, ModelRequest, Profile
+from .settings import Settings
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def hash_token(token: str) -> str:
+    """Stores keep only a digest of the resume token: a leaked store dump cannot resume sessions."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is connected: sessions belong to a (tenant, user) pair."""
+
+    tenant: str
+    user: str
+
+
+@dataclass(slots=True)
+class OpenedSession:
+    session_id: str
+    resume_token: str
+    resumed: bool
+    last_seq: int
+
+
+class ModelCatalog:
+    """Profiles by name and the provider instance each one uses."""
+
+    def __init__(self, profiles: dict[str, Profile], default: str, providers: dict[str, ModelProvider]):
+        self.profiles = profiles
+        self.default = default
+        self.providers = providers
+
+    def resolve(self, name: str | None) -> tuple[Profile, ModelProvider]:
+        profile = self.profiles.get(name or self.default)
+        if profile is None:
+            raise InvalidMessage(f"unknown profile {name!r}; known: {', '.join(sorted(self.profiles))}")
+        return profile, self.providers[profile.provider]
+
+
+def build_messages(profile: Profile, turns: list[dict[str, Any]]) -> list[ChatMessage]:
+    """The conversation as the model sees it: system prompt, then finished turns, trimmed to budget."""
+    messages = [ChatMessage(t["role"], t["content"]) for t in turns if t.get("content")]
+    if profile.system_prompt:
+        messages.insert(0, ChatMessage("system", profile.system_prompt))
+    try:
+        from .profiles import trim_context
+    except ImportError:  # pragma: no cover - profiles module arrives with the OpenAI provider
+        return messages
+    return trim_context(messages, profile.context_tokens)
+
+
+class SessionService:
+    def __init__(
+        self, store: SessionStore, generations: Generations, catalog: ModelCatalog, settings: Settings
+    ):
+        self.store = store
+        self.generations = generations
+        self.catalog = catalog
+        self.settings = settings
+
+    async def open(self, who: Principal) -> OpenedSession:
+        session_id = new_id("s")
+        token = secrets.token_urlsafe(24)
+        await self.store.create_session(session_id, who.tenant, who.user, hash_token(token))
+        return OpenedSession(session_id, token, resumed=False, last_seq=0)
+
+    async def resume(self, who: Principal, session_id: str, resume_token: str | None) -> OpenedSession:
+        """Another tenant's session, a wrong token and a missing session are indistinguishable."""
+        rec = await self.store.get_session(session_id)
+        presented = hash_token(resume_token or "")
+        ok = (
+            rec is not None
+            and hmac.compare_digest(rec.token_hash, presented)
+            and hmac.compare_digest(rec.tenant, who.tenant)
+            and hmac.compare_digest(rec.user, who.user)
+        )
+        if not ok or rec is None:
+            raise SessionNotFound("no such session (or not yours)")
+        return OpenedSession(session_id, resume_token or "", resumed=True, last_seq=rec.last_seq)
+
+    async def send(
+        self,
+        session_id: str,
+        msg_content: str,
+        client_msg_id: str,
+        *,
+        profile: str | None,
+        response_format: dict[str, Any] | None,
+        trace_id: str,
+    ) -> MessageDuplicate | None:
+        """Log the user turn and start its response; a repeated ``client_msg_id`` starts nothing."""
+        if len(msg_content) > self.settings.max_message_chars:
+            raise PayloadTooLarge(
+                f"message longer than {self.settings.max_message_chars} characters",
+                ref={"type": "message.send", "client_msg_id": client_msg_id},
+            )
+        prof, provider = self.catalog.resolve(profile)
+        message_id, response_id = new_id("m"), new_id("r")
+        accepted = encode(
+            MessageAccepted(client_msg_id=client_msg_id, message_id=message_id, content=msg_content)
+        )
+        started = encode(
+            ResponseStarted(
+                response_id=response_id, in_reply_to=message_id, profile=prof.label, trace_id=trace_id
+            )
+        )
+        for _ in range(2):  # a second try only after ending a stale (crashed) response
+            now = now_ms()
+            result = await self.store.accept(
+                session_id,
+                client_msg_id=client_msg_id,
+                message_id=message_id,
+                response_id=response_id,
+                content=msg_content,
+                accepted_body=accepted,
+                started_body=started,
+                now_ms=now,
+                lease_ms=self.settings.lease_ms,
+            )
+            if result.status == "stale":
+                await self.store.finish(
+                    session_id,
+                    result.response_id,
+                    body=encode(interrupted_event(result.response_id)),
+                    finish_reason="interrupted",
+                    expired_before=now,
+                )
+                continue
+            break
+        ref = {"type": "message.send", "client_msg_id": client_msg_id}
+        if result.status == "duplicate":
+            return MessageDuplicate(
+                client_msg_id=client_msg_id,
+                message_id=result.message_id,
+                response_id=result.response_id,
+                seq=result.duplicate_seq,
+            )
+        if result.status != "accepted":
+            raise Busy(retry_after_ms=None, ref=ref)
+        turns = await self.store.history(session_id)
+        request = ModelRequest(
+            messages=build_messages(prof, turns),
+            profile=prof,
+            trace_id=trace_id,
+            response_format=response_format,
+        )
+        self.generations.launch(session_id, response_id, request, provider)
+        return None
+
+    async def cancel(self, session_id: str, response_id: str | None) -> None:
+        outcome, rid = await self.store.request_cancel(session_id, response_id)
+        if outcome == "unknown":
+            raise InvalidMessage(
+                "no such response in this session", ref={"type": "response.cancel", "response_id": rid}
+            )
+
+    async def feedback(
+        self, session_id: str, response_id: str, rating: str, comment: str | None, tags: list[str]
+    ) -> None:
+        body = encode(FeedbackRecorded(response_id=response_id, rating=rating))  # type: ignore[arg-type]
+        record = {"rating": rating, "comment": comment, "tags": tags, "ts": now_ms()}
+        entry = await self.store.record_feedback(session_id, response_id, feedback=record, body=body)
+        if entry is None:
+            raise InvalidMessage(
+                "no such response in this session", ref={"type": "feedback", "response_id": response_id}
+            )

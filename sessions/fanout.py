@@ -1,0 +1,123 @@
+"""In-process fan-out of newly logged events to the readers tailing a session.
+
+A store pushes every entry it logs (or learns of from another instance) here,
+right after the write succeeded; readers drop what they already have by seq, so
+delivering an entry twice, late or out of order is harmless. Each reader buffers
+a bounded number of entries: one that falls further behind is marked overflowed
+and must catch up from the log (or be closed as a slow consumer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .store import LogEntry
+
+
+class Subscriber:
+    """One reader's live buffer for one session."""
+
+    __slots__ = ("_buffer", "_waiter", "max_pending", "overflowed", "resync", "session_id")
+
+    def __init__(self, session_id: str, max_pending: int) -> None:
+        self.session_id = session_id
+        self.max_pending = max_pending
+        self._buffer: deque[LogEntry] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self.overflowed = False
+        self.resync = False
+
+    def push(self, entries: Iterable[LogEntry]) -> None:
+        if self.overflowed:
+            return
+        self._buffer.extend(entries)
+        if len(self._buffer) > self.max_pending:
+            self.overflowed = True
+            self._buffer.clear()
+        self._wake()
+
+    def request_resync(self) -> None:
+        """Ask the reader to re-read the log: live delivery may have missed entries."""
+        self.resync = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self, timeout: float | None = None) -> list[LogEntry]:  # noqa: ASYNC109
+        """Everything buffered, waiting up to ``timeout`` if nothing is; empty on timeout or resync."""
+        if not self._buffer and not self.resync and not self.overflowed:
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(timeout, _expire, waiter) if timeout is not None else None
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+        batch = list(self._buffer)
+        self._buffer.clear()
+        return batch
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class Fanout:
+    """session_id -> subscribers; hooks let a backend (un)subscribe upstream on first/last reader."""
+
+    def __init__(
+        self,
+        on_first: Callable[[str], None] | None = None,
+        on_last: Callable[[str], None] | None = None,
+    ) -> None:
+        self._subs: dict[str, set[Subscriber]] = {}
+        self._on_first = on_first
+        self._on_last = on_last
+
+    def subscribe(self, session_id: str, max_pending: int = 4096) -> Subscriber:
+        sub = Subscriber(session_id, max_pending)
+        subs = self._subs.get(session_id)
+        if subs is None:
+            subs = self._subs[session_id] = set()
+            if self._on_first:
+                self._on_first(session_id)
+        subs.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        subs = self._subs.get(sub.session_id)
+        if subs is None:
+            return
+        subs.discard(sub)
+        if not subs:
+            del self._subs[sub.session_id]
+            if self._on_last:
+                self._on_last(sub.session_id)
+
+    def publish(self, session_id: str, entries: list[LogEntry]) -> None:
+        subs = self._subs.get(session_id)
+        if subs:
+            for sub in subs:
+                sub.push(entries)
+
+    def resync_all(self) -> None:
+        """After live delivery was interrupted (Redis reconnect): every reader re-reads the log."""
+        for subs in self._subs.values():
+            for sub in subs:
+                sub.request_resync()
+
+    def sessions(self) -> list[str]:
+        return list(self._subs)
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self._subs.values())

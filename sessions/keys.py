@@ -1,0 +1,51 @@
+"""Every Redis key, channel, TTL and limit of the session store, defined once.
+
+All of a session's keys share the hash tag ``{<session_id>}`` so they live in one
+Redis Cluster slot and one Lua script can touch them atomically.
+"""
+
+from __future__ import annotations
+
+PREFIX = "parley"
+
+# Per-session keys, in the order the Lua scripts expect them (KEYS[1..7]).
+META = "meta"  # hash: tenant, user, token (sha256 of resume token), created, seq, active, lease, cancel
+LOG = "log"  # stream: entry id "<seq>-0", field "d" = the event JSON with its seq
+PARTIAL = "partial"  # string: text of the running response so far (for interrupted + snapshots)
+HISTORY = "hist"  # list: JSON turns {role, id, content, finish_reason} the model sees
+MSGIDS = "msgids"  # hash: client_msg_id -> "seq|message_id|response_id" (idempotency)
+RESPONSES = "resp"  # hash: response_id -> "running" or its finish_reason (validates cancel/feedback)
+FEEDBACK = "fb"  # hash: response_id -> feedback JSON (last write wins)
+
+SESSION_KEYS = (META, LOG, PARTIAL, HISTORY, MSGIDS, RESPONSES, FEEDBACK)
+
+
+def session_key(session_id: str, kind: str) -> str:
+    return f"{PREFIX}:{{{session_id}}}:{kind}"
+
+
+def session_keys(session_id: str) -> list[str]:
+    return [session_key(session_id, kind) for kind in SESSION_KEYS]
+
+
+def events_channel(session_id: str) -> str:
+    """Pub/sub channel carrying a session's new events to other instances."""
+    return f"{PREFIX}:{{{session_id}}}:events"
+
+
+#: Global pub/sub channel for cross-instance control (cancel). Messages: "cancel\t<sid>\t<rid>".
+CONTROL_CHANNEL = f"{PREFIX}:control"
+
+#: Global sorted set: member "<sid>\t<rid>", score = lease deadline (ms). Lets any instance find
+#: generations whose process died. Not hash-tagged: it is an index, written outside the scripts.
+LEASES = f"{PREFIX}:leases"
+
+#: Global sorted set: member = session_id, score = last activity (ms); lets feedback export and
+#: operators enumerate sessions without SCAN. Trimmed by score when sessions expire.
+SESSIONS_INDEX = f"{PREFIX}:sessions"
+
+# Defaults for the store's limits (each also a PARLEY_ setting).
+SESSION_TTL_MS = 24 * 3600 * 1000  # a day: long enough to come back tomorrow, short enough to bound memory
+LOG_MAX_LEN = 10_000  # events kept per session log; older ones are trimmed (resume then uses a snapshot)
+HISTORY_MAX_TURNS = 200  # turns kept for the model; the profile's context budget trims further
+REPLAY_CHUNK = 500  # events read per XRANGE during replay: bounded memory per resuming client

@@ -1,0 +1,271 @@
+"""The embedded default store: everything in this process, gone when it exits.
+
+It has the same semantics as ``RedisStore`` (seq, trimming, TTL, leases,
+idempotency) so one test suite holds both to the contract. Every method runs
+without awaiting in the middle, which on one event loop makes each atomic.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol import with_seq
+
+from .fanout import Fanout, Subscriber
+from .keys import HISTORY_MAX_TURNS, LOG_MAX_LEN, SESSION_TTL_MS
+from .store import (
+    AcceptResult,
+    CancelOutcome,
+    DeltaOutcome,
+    DeltaWrite,
+    LeaseOutcome,
+    LogEntry,
+    SessionRecord,
+    Snapshot,
+)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(slots=True)
+class _Session:
+    tenant: str
+    user: str
+    token_hash: str
+    expires_ms: int
+    seq: int = 0
+    log: deque[LogEntry] = field(default_factory=deque)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    msgids: dict[str, tuple[int, str, str]] = field(default_factory=dict)
+    responses: dict[str, str] = field(default_factory=dict)
+    feedback: dict[str, dict[str, Any]] = field(default_factory=dict)
+    active: str | None = None
+    lease: int = 0
+    cancel: str | None = None
+    partial: list[str] = field(default_factory=list)
+
+
+class MemoryStore:
+    """In-process ``SessionStore``."""
+
+    def __init__(
+        self,
+        *,
+        log_max_len: int = LOG_MAX_LEN,
+        session_ttl_ms: int = SESSION_TTL_MS,
+        history_max_turns: int = HISTORY_MAX_TURNS,
+    ) -> None:
+        self.instance_id = uuid.uuid4().hex[:12]
+        self.fanout = Fanout()
+        self.log_max_len = log_max_len
+        self.session_ttl_ms = session_ttl_ms
+        self.history_max_turns = history_max_turns
+        self._sessions: dict[str, _Session] = {}
+        self._cancel_callbacks: list[Callable[[str, str], None]] = []
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._sessions.clear()
+
+    async def ping(self) -> None:
+        return None
+
+    def _get(self, session_id: str) -> _Session | None:
+        s = self._sessions.get(session_id)
+        if s is not None and s.expires_ms <= _now_ms():
+            del self._sessions[session_id]
+            return None
+        return s
+
+    def _touch(self, s: _Session) -> None:
+        s.expires_ms = _now_ms() + self.session_ttl_ms
+
+    def _append(self, session_id: str, s: _Session, body: str) -> LogEntry:
+        s.seq += 1
+        entry = LogEntry(s.seq, with_seq(s.seq, body))
+        s.log.append(entry)
+        if len(s.log) > self.log_max_len:
+            s.log.popleft()
+        return entry
+
+    def _push_turn(self, s: _Session, turn: dict[str, Any]) -> None:
+        s.history.append(turn)
+        del s.history[: -self.history_max_turns]
+
+    async def create_session(self, session_id: str, tenant: str, user: str, token_hash: str) -> None:
+        if len(self._sessions) % 1024 == 0:  # amortized sweep of expired sessions
+            now = _now_ms()
+            for sid in [sid for sid, s in self._sessions.items() if s.expires_ms <= now]:
+                del self._sessions[sid]
+        self._sessions[session_id] = _Session(tenant, user, token_hash, _now_ms() + self.session_ttl_ms)
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        s = self._get(session_id)
+        if s is None:
+            return None
+        return SessionRecord(session_id, s.tenant, s.user, s.token_hash, s.seq, s.active)
+
+    async def accept(
+        self,
+        session_id: str,
+        *,
+        client_msg_id: str,
+        message_id: str,
+        response_id: str,
+        content: str,
+        accepted_body: str,
+        started_body: str,
+        now_ms: int,
+        lease_ms: int,
+    ) -> AcceptResult:
+        s = self._get(session_id)
+        if s is None:
+            raise KeyError(session_id)
+        dup = s.msgids.get(client_msg_id)
+        if dup is not None:
+            return AcceptResult("duplicate", duplicate_seq=dup[0], message_id=dup[1], response_id=dup[2])
+        if s.active is not None:
+            status = "busy" if s.lease > now_ms else "stale"
+            return AcceptResult(status, response_id=s.active)
+        accepted = self._append(session_id, s, accepted_body)
+        started = self._append(session_id, s, started_body)
+        s.msgids[client_msg_id] = (accepted.seq, message_id, response_id)
+        s.active, s.lease, s.cancel = response_id, now_ms + lease_ms, None
+        s.responses[response_id] = "running"
+        s.partial = []
+        self._push_turn(s, {"role": "user", "id": message_id, "content": content})
+        self._touch(s)
+        entries = [accepted, started]
+        self.fanout.publish(session_id, entries)
+        return AcceptResult("accepted", entries, message_id=message_id, response_id=response_id)
+
+    async def append_deltas(self, writes: Sequence[DeltaWrite]) -> list[DeltaOutcome]:
+        out: list[DeltaOutcome] = []
+        for w in writes:
+            s = self._get(w.session_id)
+            if s is None or s.active != w.response_id:
+                out.append("gone")
+            elif s.cancel == w.response_id:
+                out.append("cancel")
+            else:
+                s.partial.append(w.text)
+                entry = self._append(w.session_id, s, w.body)
+                self.fanout.publish(w.session_id, [entry])
+                out.append(entry)
+        return out
+
+    async def renew(self, session_id: str, response_id: str, deadline_ms: int) -> LeaseOutcome:
+        s = self._get(session_id)
+        if s is None or s.active != response_id:
+            return "gone"
+        if s.cancel == response_id:
+            return "cancel"
+        s.lease = deadline_ms
+        return "ok"
+
+    async def finish(
+        self,
+        session_id: str,
+        response_id: str,
+        *,
+        body: str,
+        finish_reason: str,
+        expired_before: int | None = None,
+    ) -> LogEntry | None:
+        s = self._get(session_id)
+        if s is None or s.active != response_id:
+            return None
+        if expired_before is not None and s.lease > expired_before:
+            return None
+        self._push_turn(
+            s,
+            {
+                "role": "assistant",
+                "id": response_id,
+                "content": "".join(s.partial),
+                "finish_reason": finish_reason,
+            },
+        )
+        s.active, s.cancel, s.partial = None, None, []
+        s.responses[response_id] = finish_reason
+        entry = self._append(session_id, s, body)
+        self._touch(s)
+        self.fanout.publish(session_id, [entry])
+        return entry
+
+    async def expired_leases(self, now_ms: int, limit: int = 100) -> list[tuple[str, str]]:
+        found = [
+            (sid, s.active) for sid, s in self._sessions.items() if s.active is not None and s.lease <= now_ms
+        ]
+        return found[:limit]
+
+    async def request_cancel(self, session_id: str, response_id: str | None) -> tuple[CancelOutcome, str]:
+        s = self._get(session_id)
+        if s is None:
+            return "unknown", response_id or ""
+        rid = response_id or s.active
+        if rid is None:
+            return "idle", ""
+        if s.active == rid:
+            s.cancel = rid
+            for cb in self._cancel_callbacks:
+                cb(session_id, rid)
+            return "cancelling", rid
+        if rid in s.responses:
+            return "finished", rid
+        return "unknown", rid
+
+    async def record_feedback(
+        self, session_id: str, response_id: str, *, feedback: dict[str, Any], body: str
+    ) -> LogEntry | None:
+        s = self._get(session_id)
+        if s is None or response_id not in s.responses:
+            return None
+        s.feedback[response_id] = feedback
+        entry = self._append(session_id, s, body)
+        self._touch(s)
+        self.fanout.publish(session_id, [entry])
+        return entry
+
+    async def feedback(self, session_id: str) -> dict[str, dict[str, Any]]:
+        s = self._get(session_id)
+        return dict(s.feedback) if s else {}
+
+    async def read(self, session_id: str, after_seq: int, limit: int) -> list[LogEntry]:
+        s = self._get(session_id)
+        if s is None or not s.log:
+            return []
+        first = s.log[0].seq
+        start = max(after_seq + 1 - first, 0)
+        return [s.log[i] for i in range(start, min(start + limit, len(s.log)))]
+
+    async def snapshot(self, session_id: str) -> Snapshot:
+        s = self._get(session_id)
+        if s is None:
+            return Snapshot(0, [], None)
+        in_flight = None
+        if s.active is not None:
+            in_flight = {"role": "assistant", "id": s.active, "content": "".join(s.partial)}
+        return Snapshot(s.seq, [dict(t) for t in s.history], in_flight)
+
+    async def history(self, session_id: str) -> list[dict[str, Any]]:
+        s = self._get(session_id)
+        return [dict(t) for t in s.history] if s else []
+
+    async def subscribe(self, session_id: str, max_pending: int = 4096) -> Subscriber:
+        return self.fanout.subscribe(session_id, max_pending)
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self.fanout.unsubscribe(sub)
+
+    def on_cancel(self, callback: Callable[[str, str], None]) -> None:
+        self._cancel_callbacks.append(callback)

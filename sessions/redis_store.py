@@ -1,0 +1,429 @@
+"""The production store: Redis Streams for the log, Lua for atomic changes, pub/sub for live delivery.
+
+One pub/sub connection per process carries both the control channel (cancel) and
+the events channels of the sessions that have local readers here; the listener
+re-creates it and makes every reader re-read the log after any connection loss,
+so a Redis restart never leaves a reader silently stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ParamSpec, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from protocol import seq_of
+from protocol.errors import InternalError, UpstreamUnavailable
+
+from . import keys, redis_lua
+from .fanout import Fanout, Subscriber
+from .store import (
+    AcceptResult,
+    CancelOutcome,
+    DeltaOutcome,
+    DeltaWrite,
+    LeaseOutcome,
+    LogEntry,
+    SessionRecord,
+    Snapshot,
+)
+
+log = logging.getLogger("parley.redis")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: What a client is told to wait before retrying while Redis is unreachable.
+OUTAGE_RETRY_AFTER_MS = 1000
+#: Socket timeouts: a dead Redis must surface as an error quickly, never as a hang.
+SOCKET_TIMEOUT_S = 2.0
+CONNECT_TIMEOUT_S = 1.0
+#: Pub/sub listener back-off while Redis is unreachable (kept short: readers wait on it).
+RESUBSCRIBE_BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+def _guard(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Map Redis failures to the protocol's errors at the store boundary."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise UpstreamUnavailable(
+                "session store unavailable", retry_after_ms=OUTAGE_RETRY_AFTER_MS
+            ) from exc
+        except RedisError as exc:
+            log.exception("redis error")
+            raise InternalError() from exc
+
+    return wrapper
+
+
+def _entry(raw: list[Any]) -> LogEntry:
+    return LogEntry(int(raw[0]), raw[1])
+
+
+class RedisStore:
+    """``SessionStore`` on Redis (standalone; cluster-safe key layout)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        log_max_len: int = keys.LOG_MAX_LEN,
+        session_ttl_ms: int = keys.SESSION_TTL_MS,
+        history_max_turns: int = keys.HISTORY_MAX_TURNS,
+    ) -> None:
+        self.url = url
+        self.instance_id = uuid.uuid4().hex[:12]
+        self.log_max_len = log_max_len
+        self.session_ttl_ms = session_ttl_ms
+        self.history_max_turns = history_max_turns
+        self.fanout = Fanout(on_last=self._on_last_reader)
+        self._r = aioredis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=SOCKET_TIMEOUT_S,
+            socket_connect_timeout=CONNECT_TIMEOUT_S,
+            max_connections=64,
+        )
+        self._scripts = {
+            name: self._r.register_script(getattr(redis_lua, name))
+            for name in ("CREATE", "ACCEPT", "DELTA", "RENEW", "FINISH", "CANCEL", "FEEDBACK")
+        }
+        self._cancel_callbacks: list[Callable[[str, str], None]] = []
+        self._channels: set[str] = set()  # events channels we want subscribed
+        self._confirmed: dict[str, asyncio.Future[None]] = {}
+        self._pubsub: Any = None
+        self._listener: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self._pubsub_lock = asyncio.Lock()  # orders SUBSCRIBE/UNSUBSCRIBE of one channel
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._listener = asyncio.create_task(self._listen(), name="parley-redis-pubsub")
+
+    async def close(self) -> None:
+        if self._listener:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._listener
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+        await self._r.aclose()
+
+    @_guard
+    async def ping(self) -> None:
+        await self._r.ping()
+
+    def _args(self, session_id: str, *extra: Any) -> list[Any]:
+        return [
+            self.log_max_len,
+            keys.events_channel(session_id),
+            self.instance_id,
+            self.session_ttl_ms,
+            *extra,
+        ]
+
+    # ------------------------------------------------------------ sessions
+
+    @_guard
+    async def create_session(self, session_id: str, tenant: str, user: str, token_hash: str) -> None:
+        ok = await self._scripts["CREATE"](
+            keys=keys.session_keys(session_id)[:1],
+            args=self._args(session_id, tenant, user, token_hash, int(time.time() * 1000)),
+        )
+        if not ok:
+            raise InternalError("session id collision")
+        with contextlib.suppress(RedisError):
+            await self._r.zadd(keys.SESSIONS_INDEX, {session_id: int(time.time() * 1000)})
+
+    @_guard
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        m = await self._r.hgetall(keys.session_key(session_id, keys.META))
+        if not m:
+            return None
+        return SessionRecord(
+            session_id, m["tenant"], m["user"], m["token"], int(m.get("seq", 0)), m.get("active")
+        )
+
+    @_guard
+    async def accept(
+        self,
+        session_id: str,
+        *,
+        client_msg_id: str,
+        message_id: str,
+        response_id: str,
+        content: str,
+        accepted_body: str,
+        started_body: str,
+        now_ms: int,
+        lease_ms: int,
+    ) -> AcceptResult:
+        turn = json.dumps({"role": "user", "id": message_id, "content": content})
+        res = await self._scripts["ACCEPT"](
+            keys=keys.session_keys(session_id),
+            args=self._args(
+                session_id,
+                client_msg_id,
+                message_id,
+                response_id,
+                turn,
+                accepted_body,
+                started_body,
+                now_ms,
+                lease_ms,
+                self.history_max_turns,
+            ),
+        )
+        status = res[0]
+        if status == "missing":
+            raise KeyError(session_id)
+        if status == "duplicate":
+            seq, mid, rid = res[1].split("|", 2)
+            return AcceptResult("duplicate", duplicate_seq=int(seq), message_id=mid, response_id=rid)
+        if status in ("busy", "stale"):
+            return AcceptResult(status, response_id=res[1])
+        entries = [LogEntry(int(res[1]), res[2]), LogEntry(int(res[3]), res[4])]
+        await self._r.zadd(keys.LEASES, {f"{session_id}\t{response_id}": now_ms + lease_ms})
+        self.fanout.publish(session_id, entries)
+        return AcceptResult("accepted", entries, message_id=message_id, response_id=response_id)
+
+    @_guard
+    async def append_deltas(self, writes: Sequence[DeltaWrite]) -> list[DeltaOutcome]:
+        """All writes in one pipelined round trip: the per-tick batch of every local generation."""
+        script = self._scripts["DELTA"]
+        async with self._r.pipeline(transaction=False) as pipe:
+            for w in writes:
+                await script(
+                    keys=keys.session_keys(w.session_id)[:3],
+                    args=self._args(w.session_id, w.response_id, w.text, w.body),
+                    client=pipe,
+                )
+            results = await pipe.execute()
+        out: list[DeltaOutcome] = []
+        for w, res in zip(writes, results, strict=True):
+            if len(res) == 1:
+                out.append("gone" if res[0] == 0 else "cancel")
+            else:
+                entry = _entry(res)
+                self.fanout.publish(w.session_id, [entry])
+                out.append(entry)
+        return out
+
+    @_guard
+    async def renew(self, session_id: str, response_id: str, deadline_ms: int) -> LeaseOutcome:
+        res = await self._scripts["RENEW"](
+            keys=keys.session_keys(session_id)[:1], args=self._args(session_id, response_id, deadline_ms)
+        )
+        if res == "ok":
+            await self._r.zadd(keys.LEASES, {f"{session_id}\t{response_id}": deadline_ms})
+        return res  # type: ignore[no-any-return]
+
+    @_guard
+    async def finish(
+        self,
+        session_id: str,
+        response_id: str,
+        *,
+        body: str,
+        finish_reason: str,
+        expired_before: int | None = None,
+    ) -> LogEntry | None:
+        res = await self._scripts["FINISH"](
+            keys=keys.session_keys(session_id),
+            args=self._args(
+                session_id,
+                response_id,
+                body,
+                finish_reason,
+                self.history_max_turns,
+                "" if expired_before is None else expired_before,
+            ),
+        )
+        await self._r.zrem(keys.LEASES, f"{session_id}\t{response_id}")
+        if len(res) == 1:
+            return None
+        entry = _entry(res)
+        self.fanout.publish(session_id, [entry])
+        return entry
+
+    @_guard
+    async def expired_leases(self, now_ms: int, limit: int = 100) -> list[tuple[str, str]]:
+        members = await self._r.zrangebyscore(keys.LEASES, "-inf", now_ms, start=0, num=limit)
+        return [tuple(m.split("\t", 1)) for m in members]  # type: ignore[misc]
+
+    @_guard
+    async def request_cancel(self, session_id: str, response_id: str | None) -> tuple[CancelOutcome, str]:
+        res = await self._scripts["CANCEL"](
+            keys=keys.session_keys(session_id)[:6],
+            args=self._args(session_id, response_id or "", keys.CONTROL_CHANNEL, session_id),
+        )
+        return res[0], res[1]
+
+    @_guard
+    async def record_feedback(
+        self, session_id: str, response_id: str, *, feedback: dict[str, Any], body: str
+    ) -> LogEntry | None:
+        res = await self._scripts["FEEDBACK"](
+            keys=keys.session_keys(session_id),
+            args=self._args(session_id, response_id, json.dumps(feedback), body),
+        )
+        if len(res) == 1:
+            return None
+        entry = _entry(res)
+        self.fanout.publish(session_id, [entry])
+        return entry
+
+    @_guard
+    async def feedback(self, session_id: str) -> dict[str, dict[str, Any]]:
+        raw = await self._r.hgetall(keys.session_key(session_id, keys.FEEDBACK))
+        return {rid: json.loads(v) for rid, v in raw.items()}
+
+    # ------------------------------------------------------------ reading
+
+    @_guard
+    async def read(self, session_id: str, after_seq: int, limit: int) -> list[LogEntry]:
+        raw = await self._r.xrange(
+            keys.session_key(session_id, keys.LOG), min=f"{after_seq + 1}-0", max="+", count=limit
+        )
+        return [LogEntry(int(eid.split("-", 1)[0]), fields["d"]) for eid, fields in raw]
+
+    @_guard
+    async def snapshot(self, session_id: str) -> Snapshot:
+        meta, partial, hist = (
+            keys.session_key(session_id, keys.META),
+            keys.session_key(session_id, keys.PARTIAL),
+            keys.session_key(session_id, keys.HISTORY),
+        )
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.hmget(meta, "seq", "active")
+            pipe.get(partial)
+            pipe.lrange(hist, 0, -1)
+            (seq, active), text, turns = await pipe.execute()
+        in_flight = {"role": "assistant", "id": active, "content": text or ""} if active else None
+        return Snapshot(int(seq or 0), [json.loads(t) for t in turns], in_flight)
+
+    @_guard
+    async def history(self, session_id: str) -> list[dict[str, Any]]:
+        turns = await self._r.lrange(keys.session_key(session_id, keys.HISTORY), 0, -1)
+        return [json.loads(t) for t in turns]
+
+    # ------------------------------------------------------------ live delivery
+
+    def on_cancel(self, callback: Callable[[str, str], None]) -> None:
+        self._cancel_callbacks.append(callback)
+
+    async def subscribe(self, session_id: str, max_pending: int = 4096) -> Subscriber:
+        """Register a reader; returns once live events of the session are sure to reach it."""
+        sub = self.fanout.subscribe(session_id, max_pending)
+        channel = keys.events_channel(session_id)
+        if channel not in self._channels:
+            self._channels.add(channel)
+            fut = self._confirmed.get(channel)
+            if fut is None or fut.done():
+                fut = self._confirmed[channel] = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self._connected.wait(), SOCKET_TIMEOUT_S)
+                async with self._pubsub_lock:
+                    await self._pubsub.subscribe(channel)
+                await asyncio.wait_for(asyncio.shield(fut), SOCKET_TIMEOUT_S)
+            except (TimeoutError, RedisError, OSError, AttributeError) as exc:
+                self.fanout.unsubscribe(sub)
+                raise UpstreamUnavailable(
+                    "session store unavailable", retry_after_ms=OUTAGE_RETRY_AFTER_MS
+                ) from exc
+        else:
+            fut = self._confirmed.get(channel)
+            if fut is not None and not fut.done():
+                await asyncio.wait_for(asyncio.shield(fut), SOCKET_TIMEOUT_S)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self.fanout.unsubscribe(sub)
+
+    def _on_last_reader(self, session_id: str) -> None:
+        channel = keys.events_channel(session_id)
+        self._channels.discard(channel)
+        self._confirmed.pop(channel, None)
+        if self._pubsub is not None and self._connected.is_set():
+            task = asyncio.get_running_loop().create_task(self._unsubscribe(channel))
+            task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    async def _unsubscribe(self, channel: str) -> None:
+        async with self._pubsub_lock:
+            if channel not in self._channels and self._pubsub is not None:
+                with contextlib.suppress(RedisError, OSError):
+                    await self._pubsub.unsubscribe(channel)
+
+    async def _listen(self) -> None:
+        """The process's one pub/sub reader; re-created (and readers resynced) after any failure."""
+        attempt = 0
+        while True:
+            pubsub = self._r.pubsub(ignore_subscribe_messages=False)
+            try:
+                await pubsub.subscribe(keys.CONTROL_CHANNEL, *self._channels)
+                self._pubsub = pubsub
+                self._connected.set()
+                if attempt:
+                    log.info("redis pub/sub re-established; resyncing readers")
+                self.fanout.resync_all()
+                attempt = 0
+                while True:
+                    msg = await pubsub.get_message(timeout=5.0)
+                    if msg is not None:
+                        self._dispatch(msg)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+                raise
+            except Exception as exc:  # connection lost: rebuild and resync
+                self._connected.clear()
+                self._pubsub = None
+                for fut in self._confirmed.values():
+                    if not fut.done():
+                        fut.set_exception(UpstreamUnavailable("pub/sub lost"))
+                        fut.exception()
+                self._confirmed.clear()
+                log.warning("redis pub/sub lost (%s); reconnecting", type(exc).__name__)
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+                await asyncio.sleep(RESUBSCRIBE_BACKOFF_S[min(attempt, len(RESUBSCRIBE_BACKOFF_S) - 1)])
+                attempt += 1
+
+    def _dispatch(self, msg: dict[str, Any]) -> None:
+        kind, channel = msg["type"], msg["channel"]
+        if kind == "subscribe":
+            fut = self._confirmed.get(channel)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+            return
+        if kind != "message":
+            return
+        data: str = msg["data"]
+        if channel == keys.CONTROL_CHANNEL:
+            parts = data.split("\t")
+            if len(parts) == 3 and parts[0] == "cancel":
+                for cb in self._cancel_callbacks:
+                    cb(parts[1], parts[2])
+            return
+        origin, _, event = data.partition("\n")
+        if origin == self.instance_id:
+            return  # already delivered from memory right after our own append
+        session_id = channel[len(keys.PREFIX) + 2 : -len("}:events")]
+        self.fanout.publish(session_id, [LogEntry(seq_of(event), event)])

@@ -1,0 +1,129 @@
+"""The ``SessionStore`` contract: one interface, a memory and a Redis backend.
+
+A store owns a session's event log and the state derived with it, and performs
+every multi-step change atomically (one Lua script in Redis), so two instances
+can never both start a response, log after a terminal event, or lose a seq.
+Stores know nothing of WebSockets: readers subscribe through ``fanout``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple, Protocol
+
+from .fanout import Fanout, Subscriber
+
+
+class LogEntry(NamedTuple):
+    """One logged event: its seq and its JSON text (which carries the seq too)."""
+
+    seq: int
+    data: str
+
+
+@dataclass(slots=True)
+class SessionRecord:
+    session_id: str
+    tenant: str
+    user: str
+    token_hash: str
+    last_seq: int
+    active_response: str | None
+
+
+@dataclass(slots=True)
+class AcceptResult:
+    """Outcome of ``accept``: a new turn, a repeat of an old one, or a refusal.
+
+    ``stale`` means another response is marked active but its lease expired: the
+    caller should end it as interrupted (``finish(..., expired_before=now)``) and retry.
+    """
+
+    status: Literal["accepted", "duplicate", "busy", "stale"]
+    entries: list[LogEntry] = field(default_factory=list)
+    duplicate_seq: int = 0
+    message_id: str = ""
+    response_id: str = ""
+
+
+@dataclass(slots=True)
+class DeltaWrite:
+    session_id: str
+    response_id: str
+    text: str
+    body: str  # encoded response.delta without seq
+
+
+#: ``append_deltas`` result per write: the logged entry, or why the response may not log any more.
+DeltaOutcome = LogEntry | Literal["gone", "cancel"]
+
+
+@dataclass(slots=True)
+class Snapshot:
+    last_seq: int
+    turns: list[dict[str, Any]]
+    in_flight: dict[str, Any] | None
+
+
+CancelOutcome = Literal["cancelling", "finished", "idle", "unknown"]
+LeaseOutcome = Literal["ok", "cancel", "gone"]
+
+
+class SessionStore(Protocol):
+    """What the server needs from session storage; both backends pass one test suite."""
+
+    instance_id: str
+    fanout: Fanout
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    async def ping(self) -> None: ...
+
+    async def create_session(self, session_id: str, tenant: str, user: str, token_hash: str) -> None: ...
+    async def get_session(self, session_id: str) -> SessionRecord | None: ...
+
+    async def accept(
+        self,
+        session_id: str,
+        *,
+        client_msg_id: str,
+        message_id: str,
+        response_id: str,
+        content: str,
+        accepted_body: str,
+        started_body: str,
+        now_ms: int,
+        lease_ms: int,
+    ) -> AcceptResult: ...
+
+    async def append_deltas(self, writes: Sequence[DeltaWrite]) -> list[DeltaOutcome]: ...
+    async def renew(self, session_id: str, response_id: str, deadline_ms: int) -> LeaseOutcome: ...
+    async def finish(
+        self,
+        session_id: str,
+        response_id: str,
+        *,
+        body: str,
+        finish_reason: str,
+        expired_before: int | None = None,
+    ) -> LogEntry | None: ...
+    async def expired_leases(self, now_ms: int, limit: int = 100) -> list[tuple[str, str]]: ...
+    async def request_cancel(self, session_id: str, response_id: str | None) -> tuple[CancelOutcome, str]: ...
+    async def record_feedback(
+        self, session_id: str, response_id: str, *, feedback: dict[str, Any], body: str
+    ) -> LogEntry | None: ...
+    async def feedback(self, session_id: str) -> dict[str, dict[str, Any]]: ...
+
+    async def read(self, session_id: str, after_seq: int, limit: int) -> list[LogEntry]: ...
+    async def snapshot(self, session_id: str) -> Snapshot: ...
+    async def history(self, session_id: str) -> list[dict[str, Any]]: ...
+
+    async def subscribe(self, session_id: str, max_pending: int = 4096) -> Subscriber:
+        """Register a live reader; once this returns, every later append reaches it."""
+        ...
+
+    def unsubscribe(self, sub: Subscriber) -> None: ...
+    def on_cancel(self, callback: Callable[[str, str], None]) -> None:
+        """Called with (session_id, response_id) when any instance asks to cancel."""
+        ...
