@@ -1,0 +1,210 @@
+"""Server-side profiles (provider + model + prompt + params, versioned) and context trimming.
+
+Clients pick a profile by name in ``message.send``; they never name a raw model, so
+model churn stays behind the service boundary. Profiles come from a TOML file
+(``parley serve --profiles FILE``) or, without one, from ``--model``::
+
+    default = "support"            # optional when the file has exactly one profile
+
+    [profiles.support]
+    version = "3"                  # shown as "support@3" in response.started.profile
+    provider = "openai"            # or "echo"
+    model = "gpt-4o-mini"
+    system_prompt = "You are a concise support agent."
+    context_tokens = 4000          # upstream budget, in whitespace tokens
+    [profiles.support.params]      # sent verbatim to the model (temperature, max_tokens, top_p, ...)
+    temperature = 0.2
+    max_tokens = 512
+
+Context rule (``trim_context``): the system messages and the newest turn (the last
+user message and everything after it) are always kept; older turns (a user message
+with the replies that follow it) are dropped oldest first, whole, until the
+whitespace-token count of what is kept fits the budget. A turn is never split, and
+the kept turns are always the newest, contiguous ones. If the system prompt and the
+newest turn alone exceed the budget they are still sent as they are.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from protocol.errors import InvalidMessage
+
+from .providers.base import ChatMessage, Profile
+
+PROVIDERS = frozenset({"echo", "openai"})
+#: Params a profile may not set: Parley owns the conversation and the streaming mode.
+RESERVED_PARAMS = frozenset({"model", "messages", "stream", "stream_options", "response_format", "n"})
+_FIELDS = frozenset({"version", "provider", "model", "system_prompt", "context_tokens", "params"})
+DEFAULT_PROFILE_NAME = "default"
+_DEFAULTS = Profile()
+
+
+class ProfileSet(dict[str, Profile]):
+    """Profiles by name (a plain dict) that also knows which one is the default."""
+
+    def __init__(self, profiles: dict[str, Profile], default: str) -> None:
+        super().__init__(profiles)
+        if default not in self:
+            raise ValueError(f"default profile {default!r} is not defined")
+        self.default = default
+
+    @property
+    def default_profile(self) -> Profile:
+        return self[self.default]
+
+    def resolve(self, name: str | None) -> Profile:
+        """The named profile, or the default for ``None``; an unknown name is the client's error."""
+        if name is None:
+            return self.default_profile
+        profile = self.get(name)
+        if profile is None:
+            raise InvalidMessage(f"unknown profile {name!r}; available: {', '.join(sorted(self))}")
+        return profile
+
+    def providers(self) -> set[str]:
+        """Provider names the profiles use (construct only these)."""
+        return {p.provider for p in self.values()}
+
+
+def count_tokens(text: str) -> int:
+    """Whitespace tokens: the budget unit (the same unit the echo model streams in)."""
+    return len(text.split())
+
+
+def load_profiles(path: str | Path) -> ProfileSet:
+    """Read and validate a profile file; any problem is a ``ValueError`` naming the profile and field."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ValueError(f"cannot read profile file {str(path)!r}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"profile file {str(path)!r} is not valid TOML: {exc}") from exc
+    return parse_profiles(data, source=str(path))
+
+
+def parse_profiles(data: dict[str, Any], source: str = "<profiles>") -> ProfileSet:
+    """Validate already-parsed TOML data (see the module docstring for the format)."""
+    unknown = set(data) - {"default", "profiles"}
+    if unknown:
+        raise ValueError(f"{source}: unknown top-level key(s) {', '.join(sorted(unknown))}")
+    tables = data.get("profiles")
+    if not isinstance(tables, dict) or not tables:
+        raise ValueError(f"{source}: no [profiles.NAME] tables defined")
+    profiles = {name: _parse_profile(name, table, source) for name, table in tables.items()}
+    default = data.get("default")
+    if default is None:
+        if len(profiles) != 1:
+            raise ValueError(f"{source}: 'default' must name one of the profiles: {', '.join(profiles)}")
+        default = next(iter(profiles))
+    if not isinstance(default, str) or default not in profiles:
+        raise ValueError(f"{source}: default = {default!r} is not one of the profiles: {', '.join(profiles)}")
+    return ProfileSet(profiles, default)
+
+
+def _parse_profile(name: str, table: Any, source: str) -> Profile:
+    def fail(field: str, problem: str) -> ValueError:
+        return ValueError(f"{source}: profile {name!r}, field {field!r}: {problem}")
+
+    if not isinstance(table, dict):
+        raise ValueError(f"{source}: profile {name!r} must be a table ([profiles.{name}])")
+    unknown = set(table) - _FIELDS
+    if unknown:
+        field = sorted(unknown)[0]
+        raise fail(field, f"unknown field (allowed: {', '.join(sorted(_FIELDS))})")
+
+    version = table.get("version", "1")
+    if isinstance(version, bool) or not isinstance(version, str | int) or str(version).strip() == "":
+        raise fail("version", 'must be a non-empty string such as "3"')
+    provider = table.get("provider", "echo")
+    if provider not in PROVIDERS:
+        raise fail("provider", f"must be one of {', '.join(sorted(PROVIDERS))}, not {provider!r}")
+    model = table.get("model", "echo" if provider == "echo" else None)
+    if not isinstance(model, str) or not model.strip():
+        raise fail("model", "is required (a non-empty string) for the openai provider")
+    system_prompt = table.get("system_prompt", "")
+    if not isinstance(system_prompt, str):
+        raise fail("system_prompt", "must be a string")
+    context_tokens = table.get("context_tokens", _DEFAULTS.context_tokens)
+    if isinstance(context_tokens, bool) or not isinstance(context_tokens, int) or context_tokens <= 0:
+        raise fail("context_tokens", "must be a positive integer")
+    params = table.get("params", {})
+    if not isinstance(params, dict):
+        raise fail("params", "must be a table ([profiles.NAME.params])")
+    for key, value in params.items():
+        if key in RESERVED_PARAMS:
+            raise fail(f"params.{key}", "is set by Parley and cannot be overridden")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise fail(f"params.{key}", "must be a finite number")
+    return Profile(
+        name=name,
+        version=str(version),
+        provider=provider,
+        model=model.strip(),
+        system_prompt=system_prompt,
+        params=dict(params),
+        context_tokens=context_tokens,
+    )
+
+
+def default_profile(model_spec: str) -> Profile:
+    """The one profile ``--model`` makes: ``echo`` or ``openai:MODEL`` (e.g. ``openai:gpt-4o-mini``)."""
+    spec = model_spec.strip()
+    if spec == "echo":
+        return Profile(name=DEFAULT_PROFILE_NAME, provider="echo", model="echo")
+    provider, sep, model = spec.partition(":")
+    if provider == "openai" and sep and model.strip():
+        return Profile(name=DEFAULT_PROFILE_NAME, provider="openai", model=model.strip())
+    raise ValueError(
+        f"--model must be 'echo' or 'openai:MODEL' (e.g. openai:gpt-4o-mini), not {model_spec!r}"
+    )
+
+
+def single_profile_set(model_spec: str) -> ProfileSet:
+    """A ``ProfileSet`` holding just ``default_profile(model_spec)``."""
+    profile = default_profile(model_spec)
+    return ProfileSet({profile.name: profile}, profile.name)
+
+
+def trim_context(messages: Sequence[ChatMessage], budget_tokens: int) -> list[ChatMessage]:
+    """Drop the oldest whole turns until the conversation fits ``budget_tokens`` (see module docstring)."""
+    pinned = [i for i, m in enumerate(messages) if m.role == "system"]
+    # Split the non-system messages into turns: each starts at a user message.
+    turns: list[list[int]] = []
+    for i, m in enumerate(messages):
+        if m.role == "system":
+            continue
+        if m.role == "user" or not turns:
+            turns.append([])
+        turns[-1].append(i)
+    if not turns:
+        return list(messages)
+
+    def cost(indices: list[int]) -> int:
+        return sum(count_tokens(messages[i].content) for i in indices)
+
+    keep = set(pinned) | set(turns[-1])
+    used = cost(pinned) + cost(turns[-1])
+    for turn in reversed(turns[:-1]):
+        turn_cost = cost(turn)
+        if used + turn_cost > budget_tokens:
+            break  # never skip a turn to fit an older one: what is kept stays contiguous
+        keep.update(turn)
+        used += turn_cost
+    return [m for i, m in enumerate(messages) if i in keep]
+
+
+def build_context(profile: Profile, history: Sequence[ChatMessage]) -> list[ChatMessage]:
+    """What to send upstream: the profile's system prompt, then ``history`` trimmed to its budget."""
+    messages = list(history)
+    if profile.system_prompt and not any(
+        m.role == "system" and m.content == profile.system_prompt for m in messages
+    ):
+        messages.insert(0, ChatMessage("system", profile.system_prompt))
+    return trim_context(messages, profile.context_tokens)
