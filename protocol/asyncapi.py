@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
@@ -27,7 +27,8 @@ SERVER_MODELS: list[type[BaseModel]] = [
 
 
 def _message_name(model: type[BaseModel]) -> str:
-    return str(model.model_fields["type"].default or model.model_fields["type"].annotation.__args__[0])  # type: ignore[union-attr]
+    """The wire ``type`` of a message model (its ``Literal`` annotation)."""
+    return str(get_args(model.model_fields["type"].annotation)[0])
 
 
 def asyncapi_document() -> dict[str, Any]:

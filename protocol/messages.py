@@ -161,13 +161,13 @@ class MessageAccepted(_Server):
 
 
 class MessageDuplicate(_Server):
-    """Ephemeral: this ``client_msg_id`` was already accepted at ``seq``; nothing new starts."""
+    """Ephemeral: this ``client_msg_id`` was already accepted at ``accepted_seq``; nothing new starts."""
 
     type: Literal["message.duplicate"] = "message.duplicate"
     client_msg_id: str
     message_id: str
     response_id: str
-    seq: int
+    accepted_seq: int
 
 
 class ResponseStarted(_Server):

@@ -159,7 +159,7 @@ class SessionService:
                 client_msg_id=client_msg_id,
                 message_id=result.message_id,
                 response_id=result.response_id,
-                seq=result.duplicate_seq,
+                accepted_seq=result.duplicate_seq,
             )
         if result.status != "accepted":
             raise Busy(retry_after_ms=None, ref=ref)

@@ -1,0 +1,234 @@
+"""The SessionStore contract, run unchanged against MemoryStore and RedisStore (real redis-server)."""
+
+from __future__ import annotations
+
+import json
+
+from protocol import encode, seq_of
+from protocol.messages import MessageAccepted, ResponseCompleted, ResponseDelta, ResponseStarted
+from sessions import DeltaWrite, SessionStore, replay, tail
+from sessions.tail import LogGap
+
+LEASE = 5_000
+
+
+async def new_session(store: SessionStore, sid: str = "s1") -> str:
+    await store.create_session(sid, "t1", "u1", "hash")
+    return sid
+
+
+async def accept(store: SessionStore, sid: str, cid: str = "c1", rid: str = "r1", now: int = 1_000) -> object:
+    return await store.accept(
+        sid,
+        client_msg_id=cid,
+        message_id=f"m-{cid}",
+        response_id=rid,
+        content=f"hello {cid}",
+        accepted_body=encode(MessageAccepted(client_msg_id=cid, message_id=f"m-{cid}", content="hi")),
+        started_body=encode(ResponseStarted(response_id=rid, in_reply_to=f"m-{cid}", profile="p", trace_id="t")),
+        now_ms=now,
+        lease_ms=LEASE,
+    )
+
+
+def delta(sid: str, rid: str, text: str) -> DeltaWrite:
+    return DeltaWrite(sid, rid, text, encode(ResponseDelta(response_id=rid, text=text)))
+
+
+def done(rid: str, reason: str = "stop") -> str:
+    return encode(ResponseCompleted(response_id=rid, finish_reason=reason))  # type: ignore[arg-type]
+
+
+async def test_new_session_is_empty(store: SessionStore) -> None:
+    """A created session exists with seq 0, its owner, and no active response."""
+    sid = await new_session(store)
+    rec = await store.get_session(sid)
+    assert rec is not None
+    assert (rec.tenant, rec.user, rec.token_hash, rec.last_seq, rec.active_response) == ("t1", "u1", "hash", 0, None)
+    assert await store.get_session("nope") is None
+
+
+async def test_seqs_are_gap_free_and_stamped_in_the_json(store: SessionStore) -> None:
+    """Every appended event gets the next seq, visible both in the entry and inside its JSON."""
+    sid = await new_session(store)
+    res = await accept(store, sid)
+    assert res.status == "accepted"
+    outs = await store.append_deltas([delta(sid, "r1", f"w{i} ") for i in range(5)])
+    end = await store.finish(sid, "r1", body=done("r1"), finish_reason="stop")
+    entries = await store.read(sid, 0, 100)
+    assert [e.seq for e in entries] == list(range(1, 9))
+    assert [o.seq for o in outs] == [3, 4, 5, 6, 7]  # type: ignore[union-attr]
+    assert end is not None and end.seq == 8
+    for e in entries:
+        assert json.loads(e.data)["seq"] == e.seq == seq_of(e.data)
+
+
+async def test_read_after_seq_returns_only_newer_events(store: SessionStore) -> None:
+    """read(after_seq) starts right after the given seq and honours the limit."""
+    sid = await new_session(store)
+    await accept(store, sid)
+    await store.append_deltas([delta(sid, "r1", "a "), delta(sid, "r1", "b ")])
+    assert [e.seq for e in await store.read(sid, 2, 10)] == [3, 4]
+    assert [e.seq for e in await store.read(sid, 0, 2)] == [1, 2]
+    assert await store.read(sid, 4, 10) == []
+
+
+async def test_history_holds_user_and_partial_assistant_turns(store: SessionStore) -> None:
+    """The model's history gets the user turn at accept and the logged text at finish."""
+    sid = await new_session(store)
+    await accept(store, sid)
+    await store.append_deltas([delta(sid, "r1", "one "), delta(sid, "r1", "two ")])
+    await store.finish(sid, "r1", body=done("r1", "cancelled"), finish_reason="cancelled")
+    hist = await store.history(sid)
+    assert [(t["role"], t["content"]) for t in hist] == [("user", "hello c1"), ("assistant", "one two ")]
+    assert hist[1]["finish_reason"] == "cancelled"
+
+
+async def test_one_running_response_per_session(store: SessionStore) -> None:
+    """A second accept while a response runs is busy; after finish it is accepted."""
+    sid = await new_session(store)
+    await accept(store, sid)
+    busy = await accept(store, sid, cid="c2", rid="r2")
+    assert busy.status == "busy" and busy.response_id == "r1"
+    await store.finish(sid, "r1", body=done("r1"), finish_reason="stop")
+    assert (await accept(store, sid, cid="c2", rid="r2")).status == "accepted"
+
+
+async def test_repeated_client_msg_id_is_a_duplicate_even_after_completion(store: SessionStore) -> None:
+    """The same client_msg_id returns the original seq and logs nothing new."""
+    sid = await new_session(store)
+    await accept(store, sid)
+    dup = await accept(store, sid, rid="r9")
+    assert (dup.status, dup.duplicate_seq, dup.response_id) == ("duplicate", 1, "r1")
+    await store.finish(sid, "r1", body=done("r1"), finish_reason="stop")
+    dup = await accept(store, sid, rid="r9")
+    assert dup.status == "duplicate" and dup.message_id == "m-c1"
+    assert len(await store.read(sid, 0, 100)) == 3
+
+
+async def test_nothing_is_logged_for_a_response_after_its_terminal_event(store: SessionStore) -> None:
+    """Deltas and a second finish after the terminal event are refused ('gone')."""
+    sid = await new_session(store)
+    await accept(store, sid)
+    await store.finish(sid, "r1", body=done("r1"), finish_reason="stop")
+    assert await store.append_deltas([delta(sid, "r1", "late ")]) == ["gone"]
+    assert await store.finish(sid, "r1", body=done("r1"), finish_reason="stop") is None
+    assert len(await store.read(sid, 0, 100)) == 3
+
+
+async def test_cancel_marks_the_running_response_and_fences_its_deltas(store: SessionStore) -> None:
+    """A cancel request makes later delta writes and lease renewals answer 'cancel'."""
+    sid = await new_session(store)
+    await accept(store, sid)
+    seen: list[tuple[str, str]] = []
+    store.on_cancel(lambda s, r: seen.append((s, r)))
+    assert await store.request_cancel(sid, None) == ("cancelling", "r1")
+    assert await store.append_deltas([delta(sid, "r1", "x ")]) == ["cancel"]
+    assert await store.renew(sid, "r1", 99_999) == "cancel"
+    await store.finish(sid, "r1", body=done("r1", "cancelled"), finish_reason="cancelled")
+    assert await store.request_cancel(sid, "r1") == ("finished", "r1")
+    assert await store.request_cancel(sid, None) == ("idle", "")
+    assert (await store.request_cancel(sid, "r-other"))[0] == "unknown"
+
+
+async def test_expired_lease_is_found_and_reaped_once(store: SessionStore) -> None:
+    """A lease past its deadline is listed, and finish(expired_before) ends it exactly once."""
+    sid = await new_session(store)
+    await accept(store, sid, now=1_000)
+    assert await store.expired_leases(1_000 + LEASE - 1) == []
+    assert (sid, "r1") in await store.expired_leases(1_000 + LEASE + 1)
+    assert await store.finish(sid, "r1", body=done("r1", "interrupted"), finish_reason="interrupted", expired_before=1_000) is None
+    first = await store.finish(
+        sid, "r1", body=done("r1", "interrupted"), finish_reason="interrupted", expired_before=10_000
+    )
+    again = await store.finish(
+        sid, "r1", body=done("r1", "interrupted"), finish_reason="interrupted", expired_before=10_000
+    )
+    assert first is not None and again is None
+
+
+async def test_stale_response_is_reported_on_accept(store: SessionStore) -> None:
+    """Accept while another response's lease has expired reports 'stale' instead of busy."""
+    sid = await new_session(store)
+    await accept(store, sid, now=1_000)
+    res = await accept(store, sid, cid="c2", rid="r2", now=1_000 + LEASE + 1)
+    assert res.status == "stale" and res.response_id == "r1"
+
+
+async def test_renew_extends_the_lease(store: SessionStore) -> None:
+    """A renewed lease is no longer expired at its old deadline."""
+    sid = await new_session(store)
+    await accept(store, sid, now=1_000)
+    assert await store.renew(sid, "r1", 50_000) == "ok"
+    assert (sid, "r1") not in await store.expired_leases(1_000 + LEASE + 1)
+    assert await store.renew(sid, "r-x", 50_000) == "gone"
+
+
+async def test_feedback_last_write_wins_and_unknown_response_is_refused(store: SessionStore) -> None:
+    """Feedback is logged each time, the stored value is the last one, unknown responses get None."""
+    sid = await new_session(store)
+    await accept(store, sid)
+    body = '{"type":"feedback.recorded","response_id":"r1","rating":"up"}'
+    assert await store.record_feedback(sid, "r1", feedback={"rating": "up"}, body=body) is not None
+    assert await store.record_feedback(sid, "r1", feedback={"rating": "down"}, body=body) is not None
+    assert await store.record_feedback(sid, "nope", feedback={"rating": "up"}, body=body) is None
+    assert (await store.feedback(sid))["r1"]["rating"] == "down"
+
+
+async def test_snapshot_has_turns_and_in_flight_text(store: SessionStore) -> None:
+    """A snapshot carries the finished turns, the partial running reply and the newest seq."""
+    sid = await new_session(store)
+    await accept(store, sid)
+    await store.append_deltas([delta(sid, "r1", "par"), delta(sid, "r1", "tial")])
+    snap = await store.snapshot(sid)
+    assert snap.last_seq == 4
+    assert [t["role"] for t in snap.turns] == ["user"]
+    assert snap.in_flight == {"role": "assistant", "id": "r1", "content": "partial"}
+
+
+async def test_log_is_trimmed_to_max_length_and_replay_reports_the_gap(store: SessionStore) -> None:
+    """Past log_max_len old events are dropped, and replaying from before them raises LogGap."""
+    sid = await new_session(store)
+    await accept(store, sid)
+    for i in range(0, 300, 50):
+        await store.append_deltas([delta(sid, "r1", f"{j} ") for j in range(i, i + 50)])
+    entries = await store.read(sid, 0, 10_000)
+    assert entries[-1].seq == 302
+    assert entries[0].seq > 1 and len(entries) <= 150  # redis trims approximately ('~'), memory exactly
+    try:
+        async for _ in replay(store, sid, 0):
+            pass
+        raise AssertionError("replay from a trimmed position must raise")
+    except LogGap:
+        pass
+
+
+async def test_live_subscriber_gets_new_events_after_replay(store: SessionStore) -> None:
+    """tail() replays stored events then yields live ones, contiguous and without duplicates."""
+    sid = await new_session(store)
+    await accept(store, sid)
+    sub = await store.subscribe(sid)
+    try:
+        it = tail(store, sub, 0).__aiter__()
+        first = await it.__anext__()
+        assert [e.seq for e in first] == [1, 2]
+        await store.append_deltas([delta(sid, "r1", "a ")])
+        await store.append_deltas([delta(sid, "r1", "b ")])
+        got: list[int] = []
+        while len(got) < 2:
+            got += [e.seq for e in await it.__anext__()]
+        assert got == [3, 4]
+    finally:
+        store.unsubscribe(sub)
+
+
+async def test_subscriber_overflow_is_reported(store: SessionStore) -> None:
+    """A reader that falls past its buffer bound is marked overflowed (slow consumer)."""
+    sid = await new_session(store)
+    await accept(store, sid)
+    sub = await store.subscribe(sid, max_pending=16)
+    try:
+        await store.append_deltas([delta(sid, "r1", f"{i} ") for i in range(40)])
+        assert sub.overflowed
+    finally:
+        store.unsubscribe(sub)
