@@ -75,8 +75,11 @@ class ParleyClient:
         self.subprotocols = subprotocols if subprotocols is not None else [PROTOCOL]
         self.ready: dict[str, Any] | None = None
         self.resumes = 0
+        self.duplicates_dropped = 0  # events the server sent twice (must stay 0)
+        self.gaps = 0  # seq jumps seen (must stay 0)
         self._ws: ClientConnection | None = None
         self._closing = False
+        self._dropped = False
         self.message_ids: dict[str, str] = {}  # client_msg_id -> message_id
         self.response_of: dict[str, str] = {}  # message_id -> response_id
         self.texts: dict[str, list[str]] = {}  # response_id -> text parts received
@@ -130,6 +133,7 @@ class ParleyClient:
         """Kill the TCP connection without a close handshake (tests: an abrupt network loss)."""
         if self._ws is not None:
             self._ws.transport.abort()
+            self._dropped = True  # frames already buffered are lost too, as on a real network
 
     async def __aenter__(self) -> ParleyClient:
         await self.connect()
@@ -210,6 +214,10 @@ class ParleyClient:
         """Every server event, deduplicated by seq, across transparent resumes."""
         while True:
             assert self._ws is not None, "not connected"
+            if self._dropped:
+                self._dropped = False
+                await self._resume()
+                continue
             try:
                 raw = await self._ws.recv()
             except ConnectionClosed as exc:
@@ -224,7 +232,10 @@ class ParleyClient:
             seq = event.get("seq")
             if seq is not None:
                 if seq <= self.last_seq:
-                    continue  # already seen before a resume
+                    self.duplicates_dropped += 1  # already seen before a resume
+                    continue
+                if seq != self.last_seq + 1 and self.last_seq:
+                    self.gaps += 1  # never expected: the server replays every missed event
                 self.last_seq = seq
             elif event.get("type") == "session.snapshot":
                 self.last_seq = event["last_seq"]

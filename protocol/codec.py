@@ -24,8 +24,19 @@ def _ref_of(text: str | bytes) -> dict[str, Any] | None:
         return None
     if not isinstance(raw, dict):
         return None
-    ref = {k: raw[k] for k in _REF_FIELDS if isinstance(raw.get(k), str) and len(raw[k]) <= 128}
+    ref = {k: raw[k] for k in _REF_FIELDS if _echoable(raw.get(k))}
     return ref or None
+
+
+def _echoable(value: object) -> bool:
+    """Only short, well-formed strings are echoed back in ``ref`` (no lone surrogates, no control bytes)."""
+    if not isinstance(value, str) or not 0 < len(value) <= 128 or not value.isprintable():
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_client(text: str | bytes, *, max_bytes: int | None = None) -> ClientMessage:

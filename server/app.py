@@ -21,7 +21,8 @@ from sessions import open_store
 
 from .endpoint import Connection, websocket_endpoint
 from .generation import Generations
-from .providers.base import ModelProvider, Profile
+from .profiles import load_profiles, single_profile_set
+from .providers.base import ModelProvider
 from .providers.echo import EchoProvider
 from .service import ModelCatalog, SessionService
 from .settings import Settings
@@ -33,33 +34,27 @@ WEB_DEMO = Path(__file__).resolve().parent.parent / "web-demo"
 
 def build_catalog(settings: Settings) -> ModelCatalog:
     """Profiles from ``--profiles`` (TOML) or a one-profile default from ``--model``."""
-    try:
-        from .profiles import default_profile, load_profiles
-    except ImportError:  # pragma: no cover - until the profiles module exists
-        profiles, default = {"default": Profile()}, "default"
-    else:
-        if settings.profiles:
-            profiles, default = load_profiles(settings.profiles)
-        else:
-            prof = default_profile(settings.model)
-            profiles, default = {prof.name: prof}, prof.name
+    profiles = load_profiles(settings.profiles) if settings.profiles else single_profile_set(settings.model)
     providers: dict[str, ModelProvider] = {}
-    for prof in profiles.values():
-        if prof.provider in providers:
-            continue
-        if prof.provider == "echo":
-            providers["echo"] = EchoProvider(
+    for name in profiles.providers():
+        if name == "echo":
+            providers[name] = EchoProvider(
                 ttft_ms=settings.echo_ttft_ms,
                 tokens_per_second=settings.echo_tokens_per_second,
                 reply_tokens=settings.echo_reply_tokens,
             )
-        elif prof.provider == "openai":
+        elif name == "openai":
             from .providers.openai import OpenAIProvider
 
-            providers["openai"] = OpenAIProvider()
+            providers[name] = OpenAIProvider(
+                connect_timeout=settings.openai_connect_timeout_s,
+                first_token_timeout=settings.openai_first_token_timeout_s,
+                between_token_timeout=settings.openai_between_token_timeout_s,
+                retry_attempts=settings.openai_retry_attempts,
+            )
         else:
-            raise ValueError(f"profile {prof.name!r}: unknown provider {prof.provider!r}")
-    return ModelCatalog(profiles, default, providers)
+            raise ValueError(f"unknown provider {name!r} in profiles")
+    return ModelCatalog(profiles, providers)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:

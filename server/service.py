@@ -19,6 +19,7 @@ from protocol.messages import FeedbackRecorded, MessageAccepted, MessageDuplicat
 from sessions import SessionStore
 
 from .generation import Generations, interrupted_event, now_ms
+from .profiles import ProfileSet, build_context
 from .providers.base import ChatMessage, ModelProvider, ModelRequest, Profile
 from .settings import Settings
 
@@ -51,28 +52,18 @@ class OpenedSession:
 class ModelCatalog:
     """Profiles by name and the provider instance each one uses."""
 
-    def __init__(self, profiles: dict[str, Profile], default: str, providers: dict[str, ModelProvider]):
+    def __init__(self, profiles: ProfileSet, providers: dict[str, ModelProvider]) -> None:
         self.profiles = profiles
-        self.default = default
         self.providers = providers
 
     def resolve(self, name: str | None) -> tuple[Profile, ModelProvider]:
-        profile = self.profiles.get(name or self.default)
-        if profile is None:
-            raise InvalidMessage(f"unknown profile {name!r}; known: {', '.join(sorted(self.profiles))}")
+        profile = self.profiles.resolve(name)  # unknown name: InvalidMessage
         return profile, self.providers[profile.provider]
 
 
 def build_messages(profile: Profile, turns: list[dict[str, Any]]) -> list[ChatMessage]:
-    """The conversation as the model sees it: system prompt, then finished turns, trimmed to budget."""
-    messages = [ChatMessage(t["role"], t["content"]) for t in turns if t.get("content")]
-    if profile.system_prompt:
-        messages.insert(0, ChatMessage("system", profile.system_prompt))
-    try:
-        from .profiles import trim_context
-    except ImportError:  # pragma: no cover - profiles module arrives with the OpenAI provider
-        return messages
-    return trim_context(messages, profile.context_tokens)
+    """The conversation as the model sees it: finished turns (with partial replies), trimmed to budget."""
+    return build_context(profile, [ChatMessage(t["role"], t["content"]) for t in turns if t.get("content")])
 
 
 class SessionService:

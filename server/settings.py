@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     echo_tokens_per_second: float = Field(40.0, ge=0)  # 0 = unthrottled
     echo_reply_tokens: int = Field(60, ge=1)
 
+    # openai provider (OPENAI_BASE_URL / OPENAI_API_KEY are the openai package's own variables)
+    openai_connect_timeout_s: float = Field(5.0, gt=0)
+    openai_first_token_timeout_s: float = Field(30.0, gt=0)
+    openai_between_token_timeout_s: float = Field(30.0, gt=0)
+    openai_retry_attempts: int = Field(3, ge=1)  # tries before the first token (1 = no retry)
+
     # auth
     auth_jwt_secret: str | None = None
     auth_jwt_public_key: str | None = None

@@ -200,7 +200,9 @@ async def test_last_seq_ahead_of_the_session_is_refused(server: Any) -> None:
     async with ParleyClient(server.url) as c:
         pass
     with pytest.raises(ParleyClosed) as info:
-        await ParleyClient(server.url, session_id=c.session_id, resume_token=c.resume_token, last_seq=99).connect()
+        await ParleyClient(
+            server.url, session_id=c.session_id, resume_token=c.resume_token, last_seq=99
+        ).connect()
     assert info.value.code == 4000
 
 

@@ -25,7 +25,9 @@ async def accept(store: SessionStore, sid: str, cid: str = "c1", rid: str = "r1"
         response_id=rid,
         content=f"hello {cid}",
         accepted_body=encode(MessageAccepted(client_msg_id=cid, message_id=f"m-{cid}", content="hi")),
-        started_body=encode(ResponseStarted(response_id=rid, in_reply_to=f"m-{cid}", profile="p", trace_id="t")),
+        started_body=encode(
+            ResponseStarted(response_id=rid, in_reply_to=f"m-{cid}", profile="p", trace_id="t")
+        ),
         now_ms=now,
         lease_ms=LEASE,
     )
@@ -44,7 +46,13 @@ async def test_new_session_is_empty(store: SessionStore) -> None:
     sid = await new_session(store)
     rec = await store.get_session(sid)
     assert rec is not None
-    assert (rec.tenant, rec.user, rec.token_hash, rec.last_seq, rec.active_response) == ("t1", "u1", "hash", 0, None)
+    assert (rec.tenant, rec.user, rec.token_hash, rec.last_seq, rec.active_response) == (
+        "t1",
+        "u1",
+        "hash",
+        0,
+        None,
+    )
     assert await store.get_session("nope") is None
 
 
@@ -137,7 +145,12 @@ async def test_expired_lease_is_found_and_reaped_once(store: SessionStore) -> No
     await accept(store, sid, now=1_000)
     assert await store.expired_leases(1_000 + LEASE - 1) == []
     assert (sid, "r1") in await store.expired_leases(1_000 + LEASE + 1)
-    assert await store.finish(sid, "r1", body=done("r1", "interrupted"), finish_reason="interrupted", expired_before=1_000) is None
+    assert (
+        await store.finish(
+            sid, "r1", body=done("r1", "interrupted"), finish_reason="interrupted", expired_before=1_000
+        )
+        is None
+    )
     first = await store.finish(
         sid, "r1", body=done("r1", "interrupted"), finish_reason="interrupted", expired_before=10_000
     )
