@@ -15,7 +15,7 @@ async def reference_reply(url: str, content: str) -> tuple[str, int]:
 
 
 async def test_resume_at_every_drop_point_yields_the_uninterrupted_reply(server: Any) -> None:
-    """For every drop position, the reassembled reply equals the uninterrupted one; seqs contiguous, no dups."""
+    """At every drop position the reassembled reply equals the uninterrupted one; seqs contiguous, no dups."""
     text, n_events = await reference_reply(server.url, "resume me please")
     assert n_events == 23  # accepted, started, 20 deltas, completed
     for k in range(n_events + 1):
