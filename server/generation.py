@@ -152,6 +152,8 @@ class Generations:
         self.running: dict[tuple[str, str], Generation] = {}
         self._loops: list[asyncio.Task[None]] = []
         self.on_finish: list[Callable[[Generation, str], None]] = []
+        # responses being accepted here but not launched yet, and cancels that arrived meanwhile
+        self._expected: dict[tuple[str, str], bool] = {}
         store.on_cancel(self._on_cancel)
 
     def start(self) -> None:
@@ -176,18 +178,30 @@ class Generations:
             task.cancel()
         await self.writer.stop()
 
+    def expect(self, session_id: str, response_id: str) -> None:
+        """Announce a response about to be accepted, so a cancel racing its launch is not lost."""
+        self._expected[(session_id, response_id)] = False
+
+    def forget(self, session_id: str, response_id: str) -> None:
+        self._expected.pop((session_id, response_id), None)
+
     def launch(
         self, session_id: str, response_id: str, request: ModelRequest, provider: ModelProvider
     ) -> None:
         gen = Generation(session_id, response_id, request, provider)
         gen.flushed.set()
+        # a cancel that arrived before the launch: _run ends it as cancelled before calling the model
+        gen.cancel_requested = self._expected.pop((session_id, response_id), False)
         self.running[(session_id, response_id)] = gen
         gen.task = asyncio.create_task(self._run(gen), name=f"gen-{response_id}")
 
     def _on_cancel(self, session_id: str, response_id: str) -> None:
-        gen = self.running.get((session_id, response_id))
+        key = (session_id, response_id)
+        gen = self.running.get(key)
         if gen is not None:
             gen.request_cancel()
+        elif key in self._expected:
+            self._expected[key] = True
 
     async def _run(self, gen: Generation) -> None:
         finish_reason = "stop"
@@ -195,6 +209,8 @@ class Generations:
         shutdown = False
         try:
             try:
+                if gen.cancel_requested:
+                    raise asyncio.CancelledError
                 async for ev in gen.provider.stream(gen.request):
                     if isinstance(ev, TextDelta):
                         if not ev.text:

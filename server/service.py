@@ -16,7 +16,7 @@ from typing import Any
 from protocol import encode
 from protocol.errors import Busy, InvalidMessage, PayloadTooLarge, SessionNotFound
 from protocol.messages import FeedbackRecorded, MessageAccepted, MessageDuplicate, ResponseStarted
-from sessions import SessionStore
+from sessions import AcceptResult, SessionStore
 
 from .generation import Generations, interrupted_event, now_ms
 from .profiles import ProfileSet, build_context
@@ -121,6 +121,46 @@ class SessionService:
                 response_id=response_id, in_reply_to=message_id, profile=prof.label, trace_id=trace_id
             )
         )
+        self.generations.expect(session_id, response_id)
+        try:
+            result = await self._accept(
+                session_id, client_msg_id, message_id, response_id, msg_content, accepted, started
+            )
+            if result.status != "accepted":
+                self.generations.forget(session_id, response_id)
+            ref = {"type": "message.send", "client_msg_id": client_msg_id}
+            if result.status == "duplicate":
+                return MessageDuplicate(
+                    client_msg_id=client_msg_id,
+                    message_id=result.message_id,
+                    response_id=result.response_id,
+                    accepted_seq=result.duplicate_seq,
+                )
+            if result.status != "accepted":
+                raise Busy(retry_after_ms=None, ref=ref)
+            turns = await self.store.history(session_id)
+        except BaseException:
+            self.generations.forget(session_id, response_id)
+            raise
+        request = ModelRequest(
+            messages=build_messages(prof, turns),
+            profile=prof,
+            trace_id=trace_id,
+            response_format=response_format,
+        )
+        self.generations.launch(session_id, response_id, request, provider)
+        return None
+
+    async def _accept(
+        self,
+        session_id: str,
+        client_msg_id: str,
+        message_id: str,
+        response_id: str,
+        content: str,
+        accepted: str,
+        started: str,
+    ) -> AcceptResult:
         for _ in range(2):  # a second try only after ending a stale (crashed) response
             now = now_ms()
             result = await self.store.accept(
@@ -128,7 +168,7 @@ class SessionService:
                 client_msg_id=client_msg_id,
                 message_id=message_id,
                 response_id=response_id,
-                content=msg_content,
+                content=content,
                 accepted_body=accepted,
                 started_body=started,
                 now_ms=now,
@@ -144,25 +184,7 @@ class SessionService:
                 )
                 continue
             break
-        ref = {"type": "message.send", "client_msg_id": client_msg_id}
-        if result.status == "duplicate":
-            return MessageDuplicate(
-                client_msg_id=client_msg_id,
-                message_id=result.message_id,
-                response_id=result.response_id,
-                accepted_seq=result.duplicate_seq,
-            )
-        if result.status != "accepted":
-            raise Busy(retry_after_ms=None, ref=ref)
-        turns = await self.store.history(session_id)
-        request = ModelRequest(
-            messages=build_messages(prof, turns),
-            profile=prof,
-            trace_id=trace_id,
-            response_format=response_format,
-        )
-        self.generations.launch(session_id, response_id, request, provider)
-        return None
+        return result
 
     async def cancel(self, session_id: str, response_id: str | None) -> None:
         outcome, rid = await self.store.request_cancel(session_id, response_id)

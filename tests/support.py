@@ -48,6 +48,7 @@ class RedisServer:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="parley-redis-"))
+    persist: bool = False  # AOF with fsync always: data survives kill -9 and restart
 
     @property
     def url(self) -> str:
@@ -66,7 +67,9 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.persist else "no",
+                "--appendfsync",
+                "always",
                 "--dir",
                 self.dir,
                 "--protected-mode",
