@@ -1,0 +1,1 @@
+"""Benchmarks: Parley against baselines measured in the same run (see docs/benchmarks.md)."""
