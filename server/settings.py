@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sessions import keys
@@ -29,6 +30,7 @@ class Settings(BaseSettings):
     max_frame_bytes: int = Field(64 * 1024, ge=1024)  # larger frames close the socket with 1009
     max_message_chars: int = Field(32_000, ge=1)  # a user turn longer than this is payload_too_large
     send_buffer_events: int = Field(4096, ge=16)  # events queued per connection before 4009
+    send_timeout_ms: int = Field(10_000, ge=100)  # a frame write stalled this long: slow consumer, 4009
     ws_per_message_deflate: bool = False  # compression costs CPU per frame; off unless asked
     allowed_origins: str = ""  # comma-separated origins allowed besides the server's own
 
@@ -55,9 +57,68 @@ class Settings(BaseSettings):
     openai_between_token_timeout_s: float = Field(30.0, gt=0)
     openai_retry_attempts: int = Field(3, ge=1)  # tries before the first token (1 = no retry)
 
-    # auth
-    auth_jwt_secret: str | None = None
-    auth_jwt_public_key: str | None = None
+    # auth: a JWT in hello.token (never in the URL, never logged); see docs/security.md
+    auth_jwt_secret: str | None = None  # HS256 shared secret, at least 32 bytes
+    auth_jwt_public_key: str | None = None  # RS256: a PEM public key, or the path of a PEM file
+    auth_jwt_audience: str | None = None  # when set, tokens must carry this `aud`
+    auth_jwt_issuer: str | None = None  # when set, tokens must carry this `iss`
+    auth_leeway_s: int = Field(10, ge=0, le=30)  # clock skew tolerated on exp/nbf/iat
+    auth_revalidate_ms: int = Field(10_000, ge=50)  # an open connection's token is re-checked this often
+    admin_token: str | None = None  # bearer token for GET /v1/feedback (>= 32 chars); unset: endpoint off
+    metrics_token: str | None = None  # when set, GET /metrics needs it as a bearer token
+
+    # per-user and per-tenant limits ("auto": on when auth is on); each number 0 = no limit
+    identity_limits: Literal["auto", "on", "off"] = "auto"
+    max_connections_per_user: int = Field(20, ge=0)  # open WebSockets per (tenant, user), all instances
+    max_sessions_per_user: int = Field(1000, ge=0)  # new sessions per user within one session TTL
+    user_messages_per_minute: int = Field(60, ge=0)
+    tenant_messages_per_minute: int = Field(3_000, ge=0)
+    user_tokens_per_minute: int = Field(100_000, ge=0)  # generated (output) tokens
+    tenant_tokens_per_minute: int = Field(2_000_000, ge=0)
+    frames_per_minute: int = Field(600, ge=0)  # per connection, every frame after hello (always on)
+    abuse_strikes: int = Field(10, ge=1)  # rate_limited answers within a minute before close 4029
+
+    # logging
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = "info"
+
+    @field_validator(
+        "auth_jwt_secret",
+        "auth_jwt_public_key",
+        "auth_jwt_audience",
+        "auth_jwt_issuer",
+        "admin_token",
+        "metrics_token",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        return value or None
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> Settings:
+        """Refuse weak or ambiguous auth configuration at start-up, never at the first request."""
+        if self.auth_jwt_secret is not None and self.auth_jwt_public_key is not None:
+            raise ValueError(
+                "set PARLEY_AUTH_JWT_SECRET (HS256) or PARLEY_AUTH_JWT_PUBLIC_KEY (RS256), not both"
+            )
+        if self.auth_jwt_secret is not None and len(self.auth_jwt_secret.encode()) < 32:
+            raise ValueError("PARLEY_AUTH_JWT_SECRET must be at least 32 bytes (HS256)")
+        if self.admin_token is not None and len(self.admin_token) < 32:
+            raise ValueError("PARLEY_ADMIN_TOKEN must be at least 32 characters")
+        if self.metrics_token is not None and len(self.metrics_token) < 16:
+            raise ValueError("PARLEY_METRICS_TOKEN must be at least 16 characters")
+        return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.auth_jwt_secret or self.auth_jwt_public_key)
+
+    @property
+    def identity_limits_enabled(self) -> bool:
+        """Per-user/per-tenant limits need an identity: by default only when tokens prove it."""
+        if self.identity_limits == "auto":
+            return self.auth_enabled
+        return self.identity_limits == "on"
 
     @property
     def allowed_origin_list(self) -> list[str]:

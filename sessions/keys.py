@@ -49,3 +49,24 @@ SESSION_TTL_MS = 24 * 3600 * 1000  # a day: long enough to come back tomorrow, s
 LOG_MAX_LEN = 10_000  # events kept per session log; older ones are trimmed (resume then uses a snapshot)
 HISTORY_MAX_TURNS = 200  # turns kept for the model; the profile's context budget trims further
 REPLAY_CHUNK = 500  # events read per XRANGE during replay: bounded memory per resuming client
+
+# ------------------------------------------------------------------ limits (server/ratelimit.py)
+# Keys carry the hash tag {rl:<tenant>}, so one script can check a user's and their tenant's
+# buckets atomically in one Redis Cluster slot. Tenant and user ids are percent-encoded in keys,
+# so no id (however chosen) can name another tenant's or user's key.
+RATE_WINDOW_MS = 60_000  # "per minute" limits are token buckets refilled continuously over this window
+RATE_BUCKET_TTL_MS = 2 * RATE_WINDOW_MS  # an idle bucket is full again after this (even from full debt)
+RATE_MESSAGES = "msgs"  # hash {l: level, t: ms}: the message.send bucket
+RATE_TOKENS = "toks"  # hash {l, t}: the generated-tokens bucket; may go into debt down to -capacity
+USER_CONNECTIONS = "conns"  # zset: connection id -> expiry ms, refreshed while the socket is open
+USER_SESSIONS = "sess"  # zset: one member per new session -> creation ms; counted over one session TTL
+CONNECTION_TTL_MS = 90_000  # a crashed instance's connections stop counting after this
+CONNECTION_REFRESH_MS = 30_000  # how often each instance refreshes the expiry of its open connections
+
+
+def limit_key(tenant: str, kind: str, user: str | None = None) -> str:
+    """A tenant's (``user=None``) or a user's limit key of one kind."""
+    from urllib.parse import quote
+
+    base = f"{PREFIX}:{{rl:{quote(tenant, safe='')}}}:{kind}"
+    return base if user is None else f"{base}:u:{quote(user, safe='')}"

@@ -1,0 +1,188 @@
+"""Prometheus metrics, every name prefixed ``parley_``; one registry per app (so tests can run many).
+
+Model timings are taken by wrapping each provider (``MeteredProvider``): time to
+first token and the gap between tokens are measured where the tokens arrive,
+without touching the generation runner. Store latency is taken by wrapping the
+store (``MeteredStore``): every awaited store call is one observation labelled with
+its operation. Gauges (connections, sessions, running generations) are read when
+scraped. With ``--workers N`` each worker has its own registry: scrape each
+process, or run one worker per container.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from protocol.errors import ParleyError
+
+from .providers.base import ModelProvider, ModelRequest, ProviderEvent, TextDelta, UsageReport
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+GAP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+STORE_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5)
+
+
+class Metrics:
+    """All of Parley's metrics for one app instance."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.connections = Gauge("parley_connections", "Open WebSocket connections", registry=r)
+        self.connections_opened = Counter(
+            "parley_connections_opened", "WebSocket connections accepted", registry=r
+        )
+        self.closes = Counter(
+            "parley_connection_closes",
+            "Connections closed by the server, by close code",
+            ["code"],
+            registry=r,
+        )
+        self.sessions_created = Counter("parley_sessions_created", "New sessions opened", registry=r)
+        self.sessions_active = Gauge(
+            "parley_sessions_active", "Sessions with at least one connection on this instance", registry=r
+        )
+        self.generations_running = Gauge(
+            "parley_generations_running", "Responses generating on this instance", registry=r
+        )
+        self.ttft = Histogram(
+            "parley_ttft_seconds", "Time to first token", ["provider"], buckets=TTFT_BUCKETS, registry=r
+        )
+        self.inter_token = Histogram(
+            "parley_inter_token_seconds",
+            "Gap between consecutive tokens from the model",
+            ["provider"],
+            buckets=GAP_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "parley_tokens",
+            "Model tokens, by direction (input, output)",
+            ["provider", "direction"],
+            registry=r,
+        )
+        self.responses = Counter(
+            "parley_responses", "Finished responses, by finish_reason", ["finish_reason"], registry=r
+        )
+        self.errors = Counter(
+            "parley_errors",
+            "Errors told to clients (error events and model errors), by code",
+            ["code"],
+            registry=r,
+        )
+        self.resumes = Counter(
+            "parley_resumes",
+            "Resume attempts, by outcome (replayed, snapshot, not_found, refused)",
+            ["outcome"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "parley_rate_limited",
+            "Requests refused by a limit, by kind and scope",
+            ["kind", "scope"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "parley_auth_failures", "Handshakes refused or connections closed for a bad token", registry=r
+        )
+        self.store_latency = Histogram(
+            "parley_redis_latency_seconds",
+            "Latency of session-store operations on Redis, by operation",
+            ["op"],
+            buckets=STORE_BUCKETS,
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "parley_redis_errors", "Session-store operations that failed, by operation", ["op"], registry=r
+        )
+
+    def expose(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def watch(
+        self, *, connections: Callable[[], int], sessions: Callable[[], int], running: Callable[[], int]
+    ) -> None:
+        """Read the live gauges from the app's own state when scraped."""
+        self.connections.set_function(connections)
+        self.sessions_active.set_function(sessions)
+        self.generations_running.set_function(running)
+
+
+class MeteredProvider:
+    """A ``ModelProvider`` that observes ttft, inter-token gaps, tokens and model errors."""
+
+    def __init__(self, inner: ModelProvider, metrics: Metrics) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.metrics = metrics
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ProviderEvent]:
+        m, label = self.metrics, self.name
+        started = time.monotonic()
+        last: float | None = None
+        count = 0
+        usage: UsageReport | None = None
+        try:
+            async for ev in self.inner.stream(request):
+                if isinstance(ev, TextDelta) and ev.text:
+                    now = time.monotonic()
+                    if last is None:
+                        m.ttft.labels(label).observe(now - started)
+                    else:
+                        m.inter_token.labels(label).observe(now - last)
+                    last = now
+                    count += 1
+                elif isinstance(ev, UsageReport):
+                    usage = ev
+                yield ev
+        except ParleyError as exc:
+            m.errors.labels(exc.code.value).inc()
+            raise
+        finally:
+            out = usage.output_tokens if usage is not None else count
+            m.tokens.labels(label, "output").inc(out)
+            if usage is not None:
+                m.tokens.labels(label, "input").inc(usage.input_tokens)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class MeteredStore:
+    """Wraps a ``SessionStore``: every coroutine method is timed into ``parley_redis_latency_seconds``."""
+
+    def __init__(self, inner: Any, metrics: Metrics) -> None:
+        self._inner = inner
+        self._metrics = metrics
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not inspect.iscoroutinefunction(attr) or name in ("start", "close"):
+            return attr
+        observe = self._metrics.store_latency.labels(name).observe
+        failed = self._metrics.store_errors.labels(name)
+
+        @functools.wraps(attr)
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return await attr(*args, **kwargs)
+            except ParleyError:
+                failed.inc()
+                raise
+            finally:
+                observe(time.perf_counter() - t0)
+
+        self.__dict__[name] = timed  # built once per method
+        return timed
