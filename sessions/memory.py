@@ -240,6 +240,15 @@ class MemoryStore:
         s = self._get(session_id)
         return dict(s.feedback) if s else {}
 
+    async def list_sessions(self, since_ms: int, offset: int = 0, limit: int = 1000) -> list[str]:
+        now = _now_ms()
+        active = sorted(
+            (s.expires_ms - self.session_ttl_ms, sid)  # last touch: create, accept, finish, feedback
+            for sid, s in self._sessions.items()
+            if s.expires_ms > now and s.expires_ms - self.session_ttl_ms >= since_ms
+        )
+        return [sid for _, sid in active[offset : offset + limit]]
+
     async def read(self, session_id: str, after_seq: int, limit: int) -> list[LogEntry]:
         s = self._get(session_id)
         if s is None or not s.log:

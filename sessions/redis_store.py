@@ -288,12 +288,29 @@ class RedisStore:
             return None
         entry = _entry(res)
         self.fanout.publish(session_id, [entry])
+        with contextlib.suppress(RedisError):  # the index is for listing (feedback export), not truth
+            await self._r.zadd(keys.SESSIONS_INDEX, {session_id: int(time.time() * 1000)})
         return entry
 
     @_guard
     async def feedback(self, session_id: str) -> dict[str, dict[str, Any]]:
         raw = await self._r.hgetall(keys.session_key(session_id, keys.FEEDBACK))
         return {rid: json.loads(v) for rid, v in raw.items()}
+
+    @_guard
+    async def list_sessions(self, since_ms: int, offset: int = 0, limit: int = 1000) -> list[str]:
+        """From ``keys.SESSIONS_INDEX``; index entries of expired sessions are pruned a batch per call."""
+        horizon = int(time.time() * 1000) - self.session_ttl_ms
+        stale = await self._r.zrangebyscore(keys.SESSIONS_INDEX, "-inf", horizon, start=0, num=500)
+        if stale:
+            alive = await asyncio.gather(*(self._r.exists(keys.session_key(s, keys.META)) for s in stale))
+            dead = [sid for sid, n in zip(stale, alive, strict=True) if not n]
+            if dead:
+                await self._r.zrem(keys.SESSIONS_INDEX, *dead)
+        ids: list[str] = await self._r.zrangebyscore(
+            keys.SESSIONS_INDEX, since_ms, "+inf", start=offset, num=limit
+        )
+        return ids
 
     # ------------------------------------------------------------ reading
 

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import json
+import time
 
 from protocol import encode, seq_of
-from protocol.messages import MessageAccepted, ResponseCompleted, ResponseDelta, ResponseStarted
+from protocol.messages import (
+    FeedbackRecorded,
+    MessageAccepted,
+    ResponseCompleted,
+    ResponseDelta,
+    ResponseStarted,
+)
 from sessions import DeltaWrite, SessionStore, replay, tail
 from sessions.tail import LogGap
 
@@ -245,3 +252,21 @@ async def test_subscriber_overflow_is_reported(store: SessionStore) -> None:
         assert sub.overflowed
     finally:
         store.unsubscribe(sub)
+
+
+async def test_list_sessions_names_recently_active_sessions(store: SessionStore) -> None:
+    """list_sessions(since) names sessions created or rated at or after since, least recent first, paged."""
+    await new_session(store, "s-old")
+    await new_session(store, "s-rated")
+    since = int(time.time() * 1000) + 1
+    while int(time.time() * 1000) < since:  # let the clock pass the creations (at most a millisecond)
+        pass
+    assert await store.list_sessions(since) == []
+    await accept(store, "s-rated")
+    await store.finish("s-rated", "r1", body=done("r1"), finish_reason="stop")
+    body = encode(FeedbackRecorded(response_id="r1", rating="up"))
+    assert await store.record_feedback("s-rated", "r1", feedback={"rating": "up"}, body=body) is not None
+    assert await store.list_sessions(since) == ["s-rated"]
+    assert await store.list_sessions(0) == ["s-old", "s-rated"]
+    pages = [await store.list_sessions(0, offset=i, limit=1) for i in range(3)]
+    assert pages == [["s-old"], ["s-rated"], []]
