@@ -10,12 +10,12 @@ from .tail import LogGap, SlowConsumer, replay, tail
 
 
 def open_store(url: str, **limits: Any) -> SessionStore:
-    """A store chosen by URL: ``memory://`` or ``redis://host:port/db`` (``rediss://`` too)."""
+    """A store chosen by URL: ``memory://``, ``redis://host:port/db`` or ``redis+cluster://seed:port``."""
     if url.startswith("memory://"):
         from .memory import MemoryStore
 
         return MemoryStore(**limits)
-    if url.startswith(("redis://", "rediss://", "unix://")):
+    if url.startswith(("redis://", "rediss://", "unix://", "redis+cluster://")):
         from .redis_store import RedisStore
 
         return RedisStore(url, **limits)

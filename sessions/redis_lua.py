@@ -123,3 +123,11 @@ touch()
 return e
 """
 )
+
+# KEYS meta, log, partial, history. One atomic read: the snapshot is exact at its seq.
+SNAPSHOT = """
+local m = redis.call('HMGET', KEYS[1], 'seq', 'active')
+local text = redis.call('GET', KEYS[3]) or ''
+local turns = redis.call('LRANGE', KEYS[4], 0, -1)
+return {m[1] or '0', m[2] or '', text, turns}
+"""

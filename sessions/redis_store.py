@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -44,6 +45,8 @@ log = logging.getLogger("parley.redis")
 P = ParamSpec("P")
 T = TypeVar("T")
 
+#: URL scheme selecting Redis Cluster mode: ``redis+cluster://seed-host:port``.
+CLUSTER_SCHEME = "redis+cluster://"
 #: What a client is told to wait before retrying while Redis is unreachable.
 OUTAGE_RETRY_AFTER_MS = 1000
 #: Socket timeouts: a dead Redis must surface as an error quickly, never as a hang.
@@ -92,16 +95,24 @@ class RedisStore:
         self.session_ttl_ms = session_ttl_ms
         self.history_max_turns = history_max_turns
         self.fanout = Fanout(on_last=self._on_last_reader)
-        self._r = aioredis.Redis.from_url(
-            url,
+        options: dict[str, Any] = dict(
             decode_responses=True,
             socket_timeout=SOCKET_TIMEOUT_S,
             socket_connect_timeout=CONNECT_TIMEOUT_S,
-            max_connections=64,
         )
+        self.cluster = url.startswith(CLUSTER_SCHEME)
+        if self.cluster:
+            # every key of a session shares its {hash tag}, so each script runs on one node;
+            # classic PUBLISH is broadcast cluster-wide, so pub/sub uses one plain connection to a seed node
+            plain = "redis://" + url[len(CLUSTER_SCHEME) :]
+            self._r: Any = RedisCluster.from_url(plain, **options)
+            self._ps_client: Any = aioredis.Redis.from_url(plain, **options)
+        else:
+            self._r = aioredis.Redis.from_url(url, max_connections=64, **options)
+            self._ps_client = self._r
         self._scripts = {
             name: self._r.register_script(getattr(redis_lua, name))
-            for name in ("CREATE", "ACCEPT", "DELTA", "RENEW", "FINISH", "CANCEL", "FEEDBACK")
+            for name in ("CREATE", "ACCEPT", "DELTA", "RENEW", "FINISH", "CANCEL", "FEEDBACK", "SNAPSHOT")
         }
         self._cancel_callbacks: list[Callable[[str, str], None]] = []
         self._channels: set[str] = set()  # events channels we want subscribed
@@ -125,6 +136,8 @@ class RedisStore:
             with contextlib.suppress(Exception):
                 await self._pubsub.aclose()
         await self._r.aclose()
+        if self._ps_client is not self._r:
+            await self._ps_client.aclose()
 
     @_guard
     async def ping(self) -> None:
@@ -208,14 +221,33 @@ class RedisStore:
     async def append_deltas(self, writes: Sequence[DeltaWrite]) -> list[DeltaOutcome]:
         """All writes in one pipelined round trip: the per-tick batch of every local generation."""
         script = self._scripts["DELTA"]
-        async with self._r.pipeline(transaction=False) as pipe:
-            for w in writes:
-                await script(
+        if self.cluster:
+            # scripts cannot be pipelined across nodes: sessions run concurrently, each session's
+            # writes in order (their seqs must follow the order of the text)
+            async def one(w: DeltaWrite) -> Any:
+                return await script(
                     keys=keys.session_keys(w.session_id)[:3],
                     args=self._args(w.session_id, w.response_id, w.text, w.body),
-                    client=pipe,
                 )
-            results = await pipe.execute()
+
+            async def in_order(batch: list[int]) -> list[tuple[int, Any]]:
+                return [(i, await one(writes[i])) for i in batch]
+
+            by_session: dict[str, list[int]] = {}
+            for i, w in enumerate(writes):
+                by_session.setdefault(w.session_id, []).append(i)
+            done = await asyncio.gather(*(in_order(b) for b in by_session.values()))
+            ordered: dict[int, Any] = dict(pair for chunk in done for pair in chunk)
+            results = [ordered[i] for i in range(len(writes))]
+        else:
+            async with self._r.pipeline(transaction=False) as pipe:
+                for w in writes:
+                    await script(
+                        keys=keys.session_keys(w.session_id)[:3],
+                        args=self._args(w.session_id, w.response_id, w.text, w.body),
+                        client=pipe,
+                    )
+                results = await pipe.execute()
         out: list[DeltaOutcome] = []
         for w, res in zip(writes, results, strict=True):
             if len(res) == 1:
@@ -323,18 +355,9 @@ class RedisStore:
 
     @_guard
     async def snapshot(self, session_id: str) -> Snapshot:
-        meta, partial, hist = (
-            keys.session_key(session_id, keys.META),
-            keys.session_key(session_id, keys.PARTIAL),
-            keys.session_key(session_id, keys.HISTORY),
-        )
-        async with self._r.pipeline(transaction=True) as pipe:
-            pipe.hmget(meta, "seq", "active")
-            pipe.get(partial)
-            pipe.lrange(hist, 0, -1)
-            (seq, active), text, turns = await pipe.execute()
-        in_flight = {"role": "assistant", "id": active, "content": text or ""} if active else None
-        return Snapshot(int(seq or 0), [json.loads(t) for t in turns], in_flight)
+        seq, active, text, turns = await self._scripts["SNAPSHOT"](keys=keys.session_keys(session_id)[:4])
+        in_flight = {"role": "assistant", "id": active, "content": text} if active else None
+        return Snapshot(int(seq), [json.loads(t) for t in turns], in_flight)
 
     @_guard
     async def history(self, session_id: str) -> list[dict[str, Any]]:
@@ -392,7 +415,7 @@ class RedisStore:
         """The process's one pub/sub reader; re-created (and readers resynced) after any failure."""
         attempt = 0
         while True:
-            pubsub = self._r.pubsub(ignore_subscribe_messages=False)
+            pubsub = self._ps_client.pubsub(ignore_subscribe_messages=False)
             try:
                 await pubsub.subscribe(keys.CONTROL_CHANNEL, *self._channels)
                 self._pubsub = pubsub

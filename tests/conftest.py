@@ -9,7 +9,7 @@ import pytest
 
 from sessions import SessionStore, open_store
 
-from .support import RedisServer, live_server
+from .support import RedisCluster, RedisServer, live_server
 
 STORE_KINDS = ["memory", "redis"]
 
@@ -20,6 +20,14 @@ def redis_server() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    cluster = RedisCluster()
+    cluster.start()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture
@@ -34,6 +42,10 @@ def redis_url(redis_server: RedisServer) -> str:
 def store_url(kind: str, request: pytest.FixtureRequest) -> str:
     if kind == "memory":
         return "memory://"
+    if kind == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        return cluster.url
     return str(request.getfixturevalue("redis_url"))
 
 
@@ -42,9 +54,15 @@ def store_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(params=[*STORE_KINDS, "cluster"])
+def any_store_kind(request: pytest.FixtureRequest) -> str:
+    """The store suite also runs against a real three-node Redis Cluster."""
+    return str(request.param)
+
+
 @pytest.fixture
-async def store(store_kind: str, request: pytest.FixtureRequest) -> AsyncIterator[SessionStore]:
-    s = open_store(store_url(store_kind, request), log_max_len=50)
+async def store(any_store_kind: str, request: pytest.FixtureRequest) -> AsyncIterator[SessionStore]:
+    s = open_store(store_url(any_store_kind, request), log_max_len=50)
     await s.start()
     yield s
     await s.close()

@@ -32,6 +32,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster-bus port (port + 10000) is free too."""
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 def wait_until(predicate: Any, timeout: float, what: str) -> None:
     """Poll a readiness condition (process start-up), bounded; never used to order events."""
     deadline = time.monotonic() + timeout
@@ -49,6 +64,7 @@ class RedisServer:
     proc: subprocess.Popen[bytes] | None = None
     dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="parley-redis-"))
     persist: bool = False  # AOF with fsync always: data survives kill -9 and restart
+    extra: list[str] = field(default_factory=list)  # more redis-server arguments
 
     @property
     def url(self) -> str:
@@ -74,6 +90,7 @@ class RedisServer:
                 self.dir,
                 "--protected-mode",
                 "no",
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -209,3 +226,49 @@ class ServerProcess:
 
     def log(self) -> str:
         return Path(self.log_path).read_text() if self.log_path else ""
+
+
+@dataclass
+class RedisCluster:
+    """Three real `redis-server --cluster-enabled yes` nodes on loopback, joined into one cluster."""
+
+    nodes: list[RedisServer] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self) -> None:
+        for _ in range(3):
+            node = RedisServer(
+                port=free_cluster_port(), extra=["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
+            )
+            node.extra.extend(["--cluster-config-file", f"{node.dir}/nodes.conf"])
+            node.start()
+            self.nodes.append(node)
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *[f"127.0.0.1:{n.port}" for n in self.nodes],
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            check=True,
+            timeout=30,
+        )
+        wait_until(self._ok, 20, "cluster state ok")
+
+    def _ok(self) -> bool:
+        return all("cluster_state:ok" in n.command("CLUSTER", "INFO") for n in self.nodes)
+
+    def flush(self) -> None:
+        for n in self.nodes:
+            n.command("FLUSHALL")
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()

@@ -17,7 +17,7 @@ async def reference_reply(url: str, content: str) -> tuple[str, int]:
 async def test_resume_at_every_drop_point_yields_the_uninterrupted_reply(server: Any) -> None:
     """At every drop position the reassembled reply equals the uninterrupted one; seqs contiguous, no dups."""
     text, n_events = await reference_reply(server.url, "resume me please")
-    assert n_events == 23  # accepted, started, 20 deltas, completed
+    assert n_events >= 4  # accepted, started, deltas (coalescing may merge tokens), completed
     for k in range(n_events + 1):
         c = ParleyClient(server.url)
         await c.connect()
@@ -34,9 +34,9 @@ async def test_resume_at_every_drop_point_yields_the_uninterrupted_reply(server:
         await c.close()
         assert reply.text == text, f"drop after {k} events"
         assert reply.finish_reason == "stop"
-        assert seqs == list(range(1, n_events + 1)), f"drop after {k} events: {seqs}"
+        assert seqs == list(range(1, reply.completed["seq"] + 1)), f"drop after {k}: {seqs}"
         assert c.duplicates_dropped == 0 and c.gaps == 0
-        assert c.resumes == (1 if k < n_events else 0)
+        assert c.resumes == (1 if k < len(seqs) else 0)
 
 
 async def test_resume_from_zero_replays_the_whole_log(server: Any) -> None:
