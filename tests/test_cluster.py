@@ -20,7 +20,8 @@ def test_all_keys_of_a_session_share_one_hash_slot(redis_cluster: RedisCluster) 
 async def test_conversation_resume_and_cancel_on_a_cluster(redis_cluster: RedisCluster) -> None:
     """A server on the cluster streams, resumes from 0 and cancels like on a single Redis."""
     redis_cluster.flush()
-    async with live_server(store=redis_cluster.url, echo_tokens_per_second=200.0, echo_reply_tokens=30) as srv:
+    settings = {"store": redis_cluster.url, "echo_tokens_per_second": 200.0, "echo_reply_tokens": 30}
+    async with live_server(**settings) as srv:
         async with ParleyClient(srv.url) as c:
             first = await c.ask("on a cluster")
             assert first.finish_reason == "stop"

@@ -59,7 +59,7 @@ def balanced(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, list[ServerP
 
 
 async def test_resume_and_cancel_through_the_load_balancer(balanced: tuple[str, list[ServerProcess]]) -> None:
-    """Through nginx round robin, a dropped client resumes (on whichever replica) and a cancel from a tab works."""
+    """Through nginx round robin a dropped client resumes (on any replica) and a cancel from a tab works."""
     url, procs = balanced
     async with ParleyClient(url) as ref:
         expected = (await ref.ask("via nginx")).text
