@@ -88,7 +88,8 @@ async def test_cancel_through_other_instance_stops_the_generation(pair: list[Ser
     a, b = pair
     latencies = []
     async with ParleyClient(a.url) as gen_side:
-        async with ParleyClient(b.url, session_id=gen_side.session_id, resume_token=gen_side.resume_token) as other:
+        sid, tok = gen_side.session_id, gen_side.resume_token
+        async with ParleyClient(b.url, session_id=sid, resume_token=tok) as other:
             for i in range(5):
                 cid = await gen_side.send(f"cancel me {i}")
                 started = await other.next_event("response.started")
@@ -173,7 +174,9 @@ async def test_sigterm_drains_running_generation_then_client_resumes_elsewhere(r
             p.stop(signal.SIGKILL)
 
 
-async def test_one_pubsub_connection_per_process(pair: list[ServerProcess], redis_server: RedisServer) -> None:
+async def test_one_pubsub_connection_per_process(
+    pair: list[ServerProcess], redis_server: RedisServer
+) -> None:
     """Many readers on many sessions use one Redis subscription connection per process, not one each."""
     a, b = pair
     clients = [ParleyClient((a if i % 2 else b).url) for i in range(20)]
@@ -189,7 +192,7 @@ async def test_one_pubsub_connection_per_process(pair: list[ServerProcess], redi
 
 
 async def test_redis_outage_gives_structured_errors_and_recovers(tmp_path: Any) -> None:
-    """While Redis is down clients get upstream_unavailable with retry_after_ms; within 5 s of its return all works."""
+    """While Redis is down clients get retryable structured errors; within 5 s of its return all works."""
     redis = RedisServer(dir=str(tmp_path), persist=True)
     redis.start()
     procs = instances(redis.url, PARLEY_ECHO_REPLY_TOKENS="300")
