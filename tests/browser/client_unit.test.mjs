@@ -1,0 +1,628 @@
+// Unit tests of web-demo/parley-client.js: reconnect, resume, dedupe, watchdog, outbox.
+// Run with `node --test tests/browser/` (tests/browser/test_client_unit.py does).
+// A fake WebSocket and a fake clock make every step deterministic: no network, no sleeps.
+
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import { backoffDelay, ParleyClient, ParleyError } from "../../web-demo/parley-client.js";
+
+// ------------------------------------------------------------------ fakes
+
+class FakeClock {
+  constructor() {
+    this.t = 1_700_000_000_000;
+    this.nextId = 1;
+    this.timers = new Map();
+  }
+  now = () => this.t;
+  setTimeout = (fn, ms) => {
+    const id = this.nextId++;
+    this.timers.set(id, { at: this.t + Math.max(0, ms), fn });
+    return id;
+  };
+  clearTimeout = (id) => {
+    this.timers.delete(id);
+  };
+  /** Advance time, firing due timers in order (timers they schedule fire too, if due). */
+  advance(ms) {
+    const end = this.t + ms;
+    for (;;) {
+      let next = null;
+      for (const [id, tm] of this.timers) if (tm.at <= end && (!next || tm.at < next[1].at)) next = [id, tm];
+      if (!next) break;
+      this.timers.delete(next[0]);
+      this.t = Math.max(this.t, next[1].at);
+      next[1].fn();
+    }
+    this.t = end;
+  }
+  /** Jump the wall clock without running timers (a frozen or throttled tab). */
+  jump(ms) {
+    this.t += ms;
+  }
+}
+
+class FakeStorage {
+  constructor() {
+    this.map = new Map();
+  }
+  getItem(k) {
+    return this.map.has(k) ? this.map.get(k) : null;
+  }
+  setItem(k, v) {
+    this.map.set(k, String(v));
+  }
+  removeItem(k) {
+    this.map.delete(k);
+  }
+}
+
+function makeEnv({ random = () => 0.5, storage = new FakeStorage(), clock = new FakeClock(), ...rest } = {}) {
+  const sockets = [];
+  class FakeWebSocket {
+    constructor(url, protocol) {
+      this.url = url;
+      this.protocol = protocol;
+      this.readyState = 0;
+      this.sent = [];
+      this.closedByClient = null;
+      sockets.push(this);
+    }
+    send(data) {
+      if (this.readyState !== 1) throw new Error("not open");
+      this.sent.push(JSON.parse(data));
+    }
+    close(code, reason) {
+      this.closedByClient = { code, reason };
+      this.readyState = 3;
+    }
+    // server side
+    accept() {
+      this.readyState = 1;
+      this.onopen?.({});
+    }
+    push(obj) {
+      this.onmessage?.({ data: JSON.stringify(obj) });
+    }
+    drop(code = 1006, reason = "") {
+      this.readyState = 3;
+      this.onclose?.({ code, reason });
+    }
+    frames(type) {
+      return this.sent.filter((f) => f.type === type);
+    }
+  }
+  const client = new ParleyClient({
+    url: "ws://test/v1/ws",
+    WebSocket: FakeWebSocket,
+    storage,
+    random,
+    now: clock.now,
+    timers: clock,
+    window: null,
+    ...rest,
+  });
+  return { client, sockets, clock, storage, last: () => sockets[sockets.length - 1] };
+}
+
+const tick = () => new Promise((r) => setImmediate(r));
+
+const READY = (over = {}) => ({
+  type: "session.ready",
+  session_id: "s1",
+  resume_token: "r1",
+  protocol: "parley.v1",
+  heartbeat_interval_ms: 1000,
+  resumed: false,
+  recovered: true,
+  last_seq: 0,
+  ...over,
+});
+
+/** Open the current socket and hand it session.ready; returns the socket. */
+async function ready(env, over) {
+  await tick();
+  const ws = env.last();
+  ws.accept();
+  ws.push(READY(over));
+  return ws;
+}
+
+function conversation(cmid, { text = ["Hello ", "world "], base = 0, finish = "stop" } = {}) {
+  const evs = [
+    { seq: base + 1, type: "message.accepted", client_msg_id: cmid, message_id: "m1", content: "hi" },
+    { seq: base + 2, type: "response.started", response_id: "r1", in_reply_to: "m1", profile: "default@1", trace_id: "t1" },
+  ];
+  text.forEach((t, i) => evs.push({ seq: base + 3 + i, type: "response.delta", response_id: "r1", text: t }));
+  if (finish) {
+    evs.push({
+      seq: base + 3 + text.length,
+      type: "response.completed",
+      response_id: "r1",
+      finish_reason: finish,
+      usage: { input_tokens: 1, output_tokens: text.length },
+      ttft_ms: 5,
+      latency_ms: 10,
+    });
+  }
+  return evs;
+}
+
+// ------------------------------------------------------------------ tests
+
+test("backoff grows exponentially, is capped, and jitters within [cap/2, cap]", () => {
+  const opts = { initialMs: 500, maxMs: 15000, factor: 2 };
+  assert.equal(backoffDelay(0, opts, () => 0), 250);
+  assert.equal(backoffDelay(0, opts, () => 1), 500);
+  assert.equal(backoffDelay(3, opts, () => 1), 4000);
+  assert.equal(backoffDelay(20, opts, () => 1), 15000);
+  assert.equal(backoffDelay(20, opts, () => 0), 7500);
+});
+
+test("a new session sends hello with the subprotocol and stores the session", async () => {
+  const env = makeEnv();
+  const readyP = env.client.connect();
+  const ws = await ready(env);
+  assert.equal(ws.protocol, "parley.v1");
+  assert.deepEqual(ws.sent[0], { type: "hello", protocol: "parley.v1" });
+  const ev = await readyP;
+  assert.equal(ev.session_id, "s1");
+  assert.equal(env.client.state, "connected");
+  const stored = JSON.parse(env.storage.getItem("parley:ws://test/v1/ws"));
+  assert.equal(stored.session_id, "s1");
+  assert.equal(stored.resume_token, "r1");
+  assert.equal(stored.last_seq, 0);
+});
+
+test("send() resolves with the completed reply and the text is assembled from deltas", async () => {
+  const env = makeEnv();
+  env.client.connect();
+  const ws = await ready(env);
+  const deltas = [];
+  env.client.on("delta", (ev, turn) => deltas.push(turn.content));
+  const p = env.client.send("hi");
+  const sent = ws.frames("message.send");
+  assert.equal(sent.length, 1);
+  assert.equal(sent[0].client_msg_id, p.clientMsgId);
+  for (const ev of conversation(p.clientMsgId)) ws.push(ev);
+  const reply = await p;
+  assert.equal(reply.content, "Hello world ");
+  assert.equal(reply.finishReason, "stop");
+  assert.equal(reply.traceId, "t1");
+  assert.deepEqual(deltas, ["Hello ", "Hello world "]);
+  assert.equal(env.client.lastSeq, 5);
+});
+
+test("events with an already seen seq are dropped, so replayed text is never doubled", async () => {
+  const env = makeEnv();
+  env.client.connect();
+  const ws = await ready(env);
+  const p = env.client.send("hi");
+  const evs = conversation(p.clientMsgId, { finish: null });
+  for (const ev of evs) ws.push(ev);
+  for (const ev of evs) ws.push(ev); // the same events again (e.g. an overlapping replay)
+  assert.equal(env.client.turn("r1").content, "Hello world ");
+  assert.equal(env.client.stats.duplicatesDropped, evs.length);
+  assert.equal(env.client.turns.filter((t) => t.role === "user").length, 1);
+});
+
+test("a drop reconnects with jittered backoff and resumes from the last seq", async () => {
+  const env = makeEnv({ random: () => 1 });
+  env.client.connect();
+  const ws1 = await ready(env);
+  const p = env.client.send("hi");
+  const evs = conversation(p.clientMsgId, { text: ["a ", "b ", "c "] });
+  for (const ev of evs.slice(0, 3)) ws1.push(ev); // accepted, started, "a "
+  const statuses = [];
+  env.client.on("status", (s) => statuses.push(s));
+  ws1.drop(1006);
+  assert.equal(env.client.state, "reconnecting");
+  assert.equal(statuses.at(-1).retryInMs, 500); // attempt 0, random=1 -> full cap
+  assert.equal(env.sockets.length, 1);
+  env.clock.advance(499);
+  await tick();
+  assert.equal(env.sockets.length, 1, "no reconnect before the backoff delay");
+  env.clock.advance(1);
+  await tick();
+  assert.equal(env.sockets.length, 2);
+  const ws2 = env.last();
+  ws2.accept();
+  assert.deepEqual(ws2.sent[0], { type: "hello", protocol: "parley.v1", session_id: "s1", resume_token: "r1", last_seq: 3 });
+  ws2.push(READY({ resumed: true, last_seq: 4, resume_token: "r2" }));
+  assert.equal(env.client.status.resumed, true);
+  for (const ev of evs.slice(3)) ws2.push(ev); // "b ", "c ", completed
+  const reply = await p;
+  assert.equal(reply.content, "a b c ");
+  assert.equal(env.client.resumeToken, "r2");
+  assert.equal(ws2.frames("message.send").length, 0, "an accepted message is not sent again");
+});
+
+test("consecutive failed attempts back off exponentially", async () => {
+  const env = makeEnv({ random: () => 1 });
+  env.client.connect();
+  await tick();
+  const delays = [];
+  env.client.on("status", (s) => s.state === "reconnecting" && s.retryInMs && delays.push(s.retryInMs));
+  for (let i = 0; i < 6; i++) {
+    env.last().drop(1006);
+    env.clock.advance(env.client.status.retryInMs);
+    await tick();
+  }
+  assert.deepEqual(delays, [500, 1000, 2000, 4000, 8000, 15000]);
+});
+
+test("a gap in seq drops the socket and resumes from the last contiguous seq", async () => {
+  const env = makeEnv({ random: () => 0 });
+  env.client.connect();
+  const ws1 = await ready(env);
+  const p = env.client.send("hi");
+  const evs = conversation(p.clientMsgId, { text: ["a ", "b ", "c "] });
+  ws1.push(evs[0]);
+  ws1.push(evs[1]);
+  ws1.push(evs[3]); // seq 4 arrives without seq 3
+  assert.equal(env.client.stats.gaps, 1);
+  assert.ok(ws1.closedByClient, "the gapped socket is closed");
+  assert.equal(env.client.lastSeq, 2);
+  assert.equal(env.client.turn("r1").content, "", "nothing after the gap was applied");
+  env.clock.advance(250);
+  await tick();
+  const ws2 = env.last();
+  ws2.accept();
+  assert.equal(ws2.sent[0].last_seq, 2);
+});
+
+test("a message sent while disconnected is sent once connected, with the same client_msg_id", async () => {
+  const env = makeEnv({ random: () => 0 });
+  env.client.connect();
+  const ws1 = await ready(env);
+  ws1.drop(1012);
+  const p = env.client.send("queued");
+  env.clock.advance(250);
+  const ws2 = await ready(env, { resumed: true });
+  const sends = ws2.frames("message.send");
+  assert.equal(sends.length, 1);
+  assert.equal(sends[0].client_msg_id, p.clientMsgId);
+  assert.equal(sends[0].content, "queued");
+});
+
+test("a send whose acceptance was lost is resent with the same id and a duplicate answer settles it", async () => {
+  const env = makeEnv({ random: () => 0 });
+  env.client.connect();
+  const ws1 = await ready(env);
+  const p = env.client.send("hi");
+  const id1 = ws1.frames("message.send")[0].client_msg_id;
+  ws1.drop(1006); // the server accepted and answered, but the socket died before we heard
+  env.clock.advance(250);
+  const ws2 = await ready(env, { resumed: true, last_seq: 0 });
+  const resent = ws2.frames("message.send");
+  assert.equal(resent.length, 1);
+  assert.equal(resent[0].client_msg_id, id1, "a retry reuses the client_msg_id");
+  // the server says: already accepted at seq 1; then the live log continues
+  ws2.push({ type: "message.duplicate", client_msg_id: id1, message_id: "m1", response_id: "r1", seq: 1 });
+  for (const ev of conversation(id1)) ws2.push(ev);
+  const reply = await p;
+  assert.equal(reply.id, "r1");
+  assert.equal(env.client.turns.filter((t) => t.role === "user").length, 1);
+});
+
+test("the outbox waits for the replay to finish before resending, so a replayed accept prevents a resend", async () => {
+  const env = makeEnv({ random: () => 0 });
+  env.client.connect();
+  const ws1 = await ready(env);
+  const p = env.client.send("hi");
+  const id = ws1.frames("message.send")[0].client_msg_id;
+  ws1.drop(1006);
+  env.clock.advance(250);
+  const evs = conversation(id);
+  const ws2 = await ready(env, { resumed: true, last_seq: evs.length });
+  assert.equal(ws2.frames("message.send").length, 0, "not resent before the replay caught up");
+  for (const ev of evs) ws2.push(ev);
+  assert.equal(ws2.frames("message.send").length, 0, "the replay showed it was accepted");
+  assert.equal((await p).content, "Hello world ");
+});
+
+test("the heartbeat watchdog reconnects after two silent intervals and pings after one", async () => {
+  const env = makeEnv({ random: () => 0 });
+  env.client.connect();
+  const ws = await ready(env); // heartbeat_interval_ms: 1000
+  env.clock.advance(900);
+  ws.push({ type: "heartbeat", ts: 1, last_seq: 0 });
+  env.clock.advance(1500);
+  assert.equal(ws.frames("ping").length, 1, "a ping probes after one silent interval");
+  assert.equal(env.client.state, "connected");
+  env.clock.advance(750);
+  assert.equal(env.client.state, "reconnecting", "two silent intervals: reconnect");
+  assert.equal(env.client.status.reason, "heartbeat timeout");
+  assert.ok(ws.closedByClient);
+});
+
+test("traffic keeps the watchdog quiet", async () => {
+  const env = makeEnv();
+  env.client.connect();
+  const ws = await ready(env);
+  for (let i = 0; i < 20; i++) {
+    env.clock.advance(900);
+    ws.push({ type: "heartbeat", ts: i, last_seq: 0 });
+  }
+  assert.equal(env.client.state, "connected");
+  assert.equal(ws.frames("ping").length, 0);
+});
+
+test("a throttled or frozen tab (timer fires late) does not cause a false reconnect", async () => {
+  const env = makeEnv();
+  env.client.connect();
+  const ws = await ready(env);
+  env.clock.advance(250);
+  env.clock.jump(60_000); // the tab was frozen for a minute: no timers ran
+  env.clock.advance(250); // the watchdog finally runs, late
+  assert.equal(env.client.state, "connected", "silence across a frozen period proves nothing");
+  assert.equal(ws.frames("ping").length, 1, "it probes instead");
+  ws.push({ type: "pong", nonce: ws.frames("ping")[0].nonce });
+  env.clock.advance(1500);
+  ws.push({ type: "heartbeat", ts: 2, last_seq: 0 });
+  env.clock.advance(1500);
+  assert.equal(env.client.state, "connected");
+  env.clock.advance(1000);
+  assert.equal(env.client.state, "reconnecting", "real silence is still detected afterwards");
+});
+
+test("recovered:false replaces the conversation with the snapshot and continues after its last_seq", async () => {
+  const env = makeEnv({ random: () => 0 });
+  env.client.connect();
+  const ws1 = await ready(env);
+  const p = env.client.send("hi");
+  const evs = conversation(p.clientMsgId, { text: ["a ", "b "], finish: null });
+  for (const ev of evs) ws1.push(ev);
+  ws1.drop(1006);
+  env.clock.advance(250);
+  const conv = [];
+  env.client.on("conversation", (c) => conv.push(c.reason));
+  const ws2 = await ready(env, { resumed: true, recovered: false, last_seq: 40 });
+  assert.equal(ws2.frames("message.send").length, 0, "nothing is sent before the snapshot arrives");
+  ws2.push({
+    type: "session.snapshot",
+    last_seq: 40,
+    turns: [{ role: "user", id: "m1", content: "hi" }],
+    in_flight: { role: "assistant", id: "r1", content: "a b c d " },
+  });
+  assert.deepEqual(conv, ["snapshot"]);
+  assert.equal(env.client.lastSeq, 40);
+  assert.deepEqual(
+    env.client.turns.map((t) => [t.role, t.id, t.content]),
+    [
+      ["user", "m1", "hi"],
+      ["assistant", "r1", "a b c d "],
+    ],
+  );
+  ws2.push({ seq: 40, type: "response.delta", response_id: "r1", text: "old " }); // not after the snapshot
+  ws2.push({ seq: 41, type: "response.delta", response_id: "r1", text: "e " });
+  ws2.push({ seq: 42, type: "response.completed", response_id: "r1", finish_reason: "stop", usage: {} });
+  assert.equal((await p).content, "a b c d e ");
+});
+
+test("a page reload resumes from the stored seq with the stored conversation", async () => {
+  const storage = new FakeStorage();
+  const env1 = makeEnv({ storage });
+  env1.client.connect();
+  const ws1 = await ready(env1);
+  const p = env1.client.send("hi");
+  p.catch(() => {});
+  for (const ev of conversation(p.clientMsgId, { text: ["a ", "b "], finish: null })) ws1.push(ev);
+  env1.clock.advance(200); // the throttled save runs
+  // "reload": a new client with the same storage
+  const env2 = makeEnv({ storage });
+  assert.equal(env2.client.lastSeq, 4);
+  assert.equal(env2.client.turn("r1").content, "a b ");
+  assert.equal(env2.client.activeResponseId, "r1");
+  env2.client.connect();
+  const ws2 = await ready(env2, { resumed: true, last_seq: 4 });
+  assert.deepEqual(ws2.sent[0], { type: "hello", protocol: "parley.v1", session_id: "s1", resume_token: "r1", last_seq: 4 });
+  ws2.push({ seq: 5, type: "response.delta", response_id: "r1", text: "c " });
+  assert.equal(env2.client.turn("r1").content, "a b c ");
+});
+
+test("an unacknowledged send survives a reload and is resent with the same id", async () => {
+  const storage = new FakeStorage();
+  const env1 = makeEnv({ storage });
+  env1.client.connect();
+  await ready(env1);
+  env1.client.send("lost?").catch(() => {});
+  const id = env1.last().frames("message.send")[0].client_msg_id;
+  env1.clock.advance(200);
+  const env2 = makeEnv({ storage });
+  assert.deepEqual(env2.client.outbox, [{ clientMsgId: id, content: "lost?" }]);
+  env2.client.connect();
+  const ws2 = await ready(env2, { resumed: true });
+  assert.equal(ws2.frames("message.send")[0].client_msg_id, id);
+});
+
+test("close 4004 forgets the session and starts a new one, resending the outbox", async () => {
+  const storage = new FakeStorage();
+  storage.setItem(
+    "parley:ws://test/v1/ws",
+    JSON.stringify({ v: 1, session_id: "gone", resume_token: "x", last_seq: 9, turns: [{ role: "user", id: "m0", content: "old" }] }),
+  );
+  const env = makeEnv({ storage });
+  const resets = [];
+  env.client.on("reset", (r) => resets.push(r.reason));
+  env.client.connect();
+  await tick();
+  env.last().accept();
+  assert.equal(env.last().sent[0].session_id, "gone");
+  const p = env.client.send("again");
+  env.last().drop(4004, "session not found");
+  assert.deepEqual(resets, ["session_not_found"]);
+  assert.equal(env.client.turns.length, 0);
+  const ws2 = await ready(env, { session_id: "s2" });
+  assert.deepEqual(ws2.sent[0], { type: "hello", protocol: "parley.v1" });
+  assert.equal(ws2.frames("message.send")[0].client_msg_id, p.clientMsgId);
+});
+
+test("fatal close codes stop reconnecting and reject pending sends", async () => {
+  for (const code of [4000, 4002, 4029]) {
+    const env = makeEnv();
+    const readyP = env.client.connect();
+    await tick();
+    env.last().accept();
+    const p = env.client.send("x");
+    env.last().drop(code, "no");
+    assert.equal(env.client.state, "failed");
+    await assert.rejects(p, ParleyError);
+    await assert.rejects(readyP, ParleyError);
+    env.clock.advance(60_000);
+    await tick();
+    assert.equal(env.sockets.length, 1, `no reconnect after ${code}`);
+  }
+});
+
+test("close codes 1012 (restart) and 4009 (slow consumer) reconnect and resume", async () => {
+  for (const code of [1012, 4009, 4008, 1011]) {
+    const env = makeEnv({ random: () => 0 });
+    env.client.connect();
+    await ready(env);
+    env.last().drop(code);
+    env.clock.advance(250);
+    const ws2 = await ready(env, { resumed: true });
+    assert.equal(ws2.sent[0].session_id, "s1", `resume after ${code}`);
+    assert.equal(env.client.state, "connected");
+  }
+});
+
+test("a retryable send error is retried after retry_after_ms with the same id", async () => {
+  const env = makeEnv();
+  env.client.connect();
+  const ws = await ready(env, { heartbeat_interval_ms: 60_000 });
+  const errors = [];
+  env.client.on("error", (ev, info) => errors.push([ev.code, info]));
+  const p = env.client.send("hi");
+  ws.push({
+    type: "error",
+    code: "rate_limited",
+    message: "slow down",
+    retryable: true,
+    retry_after_ms: 3000,
+    ref: { type: "message.send", client_msg_id: p.clientMsgId },
+  });
+  assert.equal(errors[0][0], "rate_limited");
+  assert.equal(errors[0][1].willRetry, true);
+  assert.equal(errors[0][1].retryInMs, 3000);
+  env.clock.advance(2999);
+  assert.equal(ws.frames("message.send").length, 1);
+  env.clock.advance(1);
+  const sends = ws.frames("message.send");
+  assert.equal(sends.length, 2);
+  assert.equal(sends[1].client_msg_id, p.clientMsgId);
+});
+
+test("a non-retryable send error rejects send() with its code", async () => {
+  const env = makeEnv();
+  env.client.connect();
+  const ws = await ready(env);
+  const p = env.client.send("hi");
+  ws.push({
+    type: "error",
+    code: "invalid_message",
+    message: "content: too short",
+    retryable: false,
+    ref: { type: "message.send", client_msg_id: p.clientMsgId },
+  });
+  await assert.rejects(p, (err) => err.code === "invalid_message" && err.retryable === false);
+});
+
+test("a connection-level retry_after_ms delays the next reconnect at least that long", async () => {
+  const env = makeEnv({ random: () => 0 });
+  env.client.connect();
+  const ws = await ready(env);
+  ws.push({ type: "error", code: "overloaded", message: "busy", retryable: true, retry_after_ms: 7000 });
+  ws.drop(1013);
+  assert.equal(env.client.status.retryInMs, 7000);
+  env.clock.advance(6999);
+  await tick();
+  assert.equal(env.sockets.length, 1);
+  env.clock.advance(1);
+  await tick();
+  assert.equal(env.sockets.length, 2);
+});
+
+test("messages go one at a time: the second is sent after the first reply completes", async () => {
+  const env = makeEnv();
+  env.client.connect();
+  const ws = await ready(env);
+  const p1 = env.client.send("one");
+  const p2 = env.client.send("two");
+  assert.equal(ws.frames("message.send").length, 1);
+  for (const ev of conversation(p1.clientMsgId)) ws.push(ev);
+  await p1;
+  const sends = ws.frames("message.send");
+  assert.equal(sends.length, 2);
+  assert.equal(sends[1].client_msg_id, p2.clientMsgId);
+});
+
+test("cancel() sends response.cancel, is resent after a reconnect, and resolves on completion", async () => {
+  const env = makeEnv({ random: () => 0 });
+  env.client.connect();
+  const ws1 = await ready(env);
+  const p = env.client.send("hi");
+  const evs = conversation(p.clientMsgId, { text: ["a "], finish: null });
+  for (const ev of evs) ws1.push(ev);
+  const c = env.client.cancel();
+  assert.deepEqual(ws1.frames("response.cancel"), [{ type: "response.cancel", response_id: "r1" }]);
+  ws1.drop(1006);
+  env.clock.advance(250);
+  const ws2 = await ready(env, { resumed: true, last_seq: 3 });
+  assert.equal(ws2.frames("response.cancel").length, 1, "an unconfirmed cancel is sent again");
+  ws2.push({ seq: 4, type: "response.completed", response_id: "r1", finish_reason: "cancelled", usage: {} });
+  assert.equal((await c).finishReason, "cancelled");
+  assert.equal((await p).finishReason, "cancelled");
+});
+
+test("feedback() resolves when the server logged it; the last rating wins", async () => {
+  const env = makeEnv();
+  env.client.connect();
+  const ws = await ready(env);
+  const p = env.client.send("hi");
+  for (const ev of conversation(p.clientMsgId)) ws.push(ev);
+  await p;
+  const f1 = env.client.feedback("r1", "up");
+  const f2 = env.client.feedback("r1", "down", { comment: "meh", tags: ["tone"] });
+  assert.deepEqual(ws.frames("feedback").at(-1), {
+    type: "feedback",
+    response_id: "r1",
+    rating: "down",
+    comment: "meh",
+    tags: ["tone"],
+  });
+  ws.push({ seq: 6, type: "feedback.recorded", response_id: "r1", rating: "up" });
+  ws.push({ seq: 7, type: "feedback.recorded", response_id: "r1", rating: "down" });
+  assert.equal((await f1).rating, "down");
+  assert.equal((await f2).rating, "down");
+  assert.equal(env.client.turn("r1").rating, "down");
+});
+
+test("a frame larger than the limit is refused locally", async () => {
+  const env = makeEnv({ maxFrameBytes: 100 });
+  await assert.rejects(env.client.send("x".repeat(200)), (e) => e.code === "payload_too_large");
+});
+
+test("a refused resume point (close 4000 after a resume hello) rebuilds from seq 0 once, then fails", async () => {
+  const env = makeEnv({ random: () => 0 });
+  env.client.connect();
+  const ws1 = await ready(env);
+  const p = env.client.send("hi");
+  for (const ev of conversation(p.clientMsgId)) ws1.push(ev);
+  ws1.drop(1006);
+  env.clock.advance(250);
+  await tick();
+  env.last().accept();
+  assert.equal(env.last().sent[0].last_seq, 5);
+  env.last().drop(4000, "invalid_message"); // the server's log is behind seq 5
+  assert.equal(env.client.state, "reconnecting");
+  assert.equal(env.client.turns.length, 0);
+  env.clock.advance(env.client.status.retryInMs);
+  await tick();
+  env.last().accept();
+  assert.equal(env.last().sent[0].last_seq, 0);
+  env.last().drop(4000, "invalid_message");
+  assert.equal(env.client.state, "failed");
+});

@@ -1,0 +1,411 @@
+// The Parley demo chat: a thin view over ParleyClient.
+// All user and model text goes through textContent; nothing is ever parsed as HTML.
+
+import { ParleyClient } from "./parley-client.js";
+
+const $ = (sel, root = document) => root.querySelector(sel);
+
+const wsUrl = (() => {
+  const u = new URL("v1/ws", document.baseURI);
+  u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
+  u.hash = "";
+  u.search = "";
+  return u.href;
+})();
+
+const client = new ParleyClient({ url: wsUrl, metadata: { client: "web-demo" } });
+// Handy for debugging and for tests (window.parley.status, .turns, .stats).
+window.parley = client;
+
+const els = {
+  log: $("#log"),
+  empty: $("#empty"),
+  status: $("#status"),
+  statusText: $("#status .status-text"),
+  notice: $("#notice"),
+  noticeText: $("#notice .notice-text"),
+  noticeClose: $("#notice .notice-close"),
+  form: $("#composer-form"),
+  composer: $("#composer"),
+  send: $("#send"),
+  stop: $("#stop"),
+  newChat: $("#new-chat"),
+  tplUser: $("#tpl-user"),
+  tplAssistant: $("#tpl-assistant"),
+};
+
+// ------------------------------------------------------------ human errors
+
+const ERROR_TEXT = {
+  rate_limited: "You are sending messages too quickly.",
+  busy: "A reply is still being written. Wait for it to finish, or press Stop.",
+  overloaded: "The server is very busy right now.",
+  upstream_unavailable: "The AI service is unavailable right now.",
+  upstream_timeout: "The AI service took too long to answer.",
+  payload_too_large: "That message is too long to send.",
+  policy_refusal: "The assistant cannot help with that request.",
+  schema_validation_failed: "The reply did not come back in the expected format.",
+  invalid_message: "The server could not accept that request.",
+  unauthorized: "You are not signed in, or your sign-in has expired. Reload the page to sign in again.",
+  forbidden: "You do not have access to this conversation.",
+  session_not_found: "Your previous conversation has expired, so a new one was started.",
+  unsupported_version: "This page is out of date. Reload it to continue.",
+  internal: "Something went wrong on the server.",
+};
+
+function humanError(code, fallback) {
+  return ERROR_TEXT[code] || fallback || "Something went wrong.";
+}
+
+const FINISH_BADGE = {
+  cancelled: "Stopped",
+  length: "Cut short: the reply reached its length limit",
+  interrupted: "Interrupted: the server lost this reply",
+  content_filter: "Withheld by the content filter",
+  error: "The reply failed",
+};
+
+const FINISH_STATE = {
+  stop: "done",
+  cancelled: "stopped",
+  length: "length",
+  interrupted: "interrupted",
+  content_filter: "filtered",
+  error: "error",
+};
+
+// ------------------------------------------------------------ countdowns
+
+// One ticking display per element; purely cosmetic (no logic waits on it).
+function countdown(el, deadline, render) {
+  clearInterval(el._countdown);
+  const draw = () => {
+    const left = Math.max(0, Math.ceil((deadline - Date.now()) / 1000));
+    el.textContent = render(left);
+    if (left <= 0) clearInterval(el._countdown);
+  };
+  draw();
+  el._countdown = setInterval(draw, 250);
+}
+
+function stopCountdown(el) {
+  clearInterval(el._countdown);
+}
+
+// ------------------------------------------------------------ notice
+
+function showNotice(text, { retryAt = null, kind = "error" } = {}) {
+  els.notice.hidden = false;
+  els.notice.dataset.kind = kind;
+  if (retryAt) {
+    countdown(els.noticeText, retryAt, (s) => (s > 0 ? `${text} Retrying in ${s} s…` : `${text} Retrying now…`));
+  } else {
+    stopCountdown(els.noticeText);
+    els.noticeText.textContent = text;
+  }
+}
+
+function hideNotice() {
+  stopCountdown(els.noticeText);
+  els.notice.hidden = true;
+  els.noticeText.textContent = "";
+}
+
+els.noticeClose.addEventListener("click", hideNotice);
+
+// ------------------------------------------------------------ status
+
+function renderStatus(st) {
+  let state = st.state;
+  let text;
+  switch (st.state) {
+    case "idle":
+    case "connecting":
+      state = "connecting";
+      text = "Connecting…";
+      stopCountdown(els.statusText);
+      break;
+    case "connected":
+      state = st.resumed ? "resumed" : "connected";
+      text = st.resumed ? (st.recovered ? "Connected (resumed)" : "Connected (restored)") : "Connected";
+      stopCountdown(els.statusText);
+      break;
+    case "reconnecting": {
+      const prefix = st.offline ? "Offline." : "Connection lost.";
+      if (st.retryAt) {
+        countdown(els.statusText, st.retryAt, (s) =>
+          s > 0 ? `${prefix} Reconnecting in ${s} s…` : `${prefix} Reconnecting…`,
+        );
+        text = null;
+      } else {
+        stopCountdown(els.statusText);
+        text = "Reconnecting…";
+      }
+      break;
+    }
+    case "failed":
+      stopCountdown(els.statusText);
+      text = `Disconnected: ${humanError(st.error?.code, st.reason)}`;
+      break;
+    case "closed":
+      stopCountdown(els.statusText);
+      text = "Disconnected";
+      break;
+    default:
+      text = st.state;
+  }
+  els.status.dataset.state = state;
+  if (text !== null) els.statusText.textContent = text;
+  updateControls();
+}
+
+// ------------------------------------------------------------ messages
+
+const nodes = new Map(); // turn id (or client_msg_id while pending) -> element
+
+function nearBottom() {
+  const el = els.log;
+  return el.scrollHeight - el.scrollTop - el.clientHeight < 80;
+}
+
+// Follow the conversation while the reader is at the bottom; leave them alone if they scrolled up.
+function keepScrolled(fn) {
+  const stick = nearBottom();
+  fn();
+  if (stick) els.log.scrollTop = els.log.scrollHeight;
+}
+
+function appendNode(el) {
+  els.empty.hidden = true;
+  els.log.append(el);
+}
+
+function userNode(turn) {
+  let el = nodes.get(turn.id) || (turn.clientMsgId && nodes.get(turn.clientMsgId));
+  if (!el) {
+    el = els.tplUser.content.firstElementChild.cloneNode(true);
+    appendNode(el);
+  }
+  nodes.set(turn.id, el);
+  el.dataset.id = turn.id;
+  if (turn.clientMsgId) el.dataset.clientMsgId = turn.clientMsgId;
+  $(".text", el).textContent = turn.content;
+  el.dataset.state = turn.pending ? "pending" : "sent";
+  const badge = $(".badge", el);
+  badge.hidden = !turn.pending;
+  badge.textContent = turn.pending ? "Sending…" : "";
+  return el;
+}
+
+function addDetail(dl, label, value) {
+  const dt = document.createElement("dt");
+  dt.textContent = label;
+  const dd = document.createElement("dd");
+  dd.textContent = value;
+  dl.append(dt, dd);
+}
+
+function assistantNode(turn) {
+  let el = nodes.get(turn.id);
+  if (!el) {
+    el = els.tplAssistant.content.firstElementChild.cloneNode(true);
+    el.dataset.responseId = turn.id;
+    wireAssistant(el, turn.id);
+    appendNode(el);
+    nodes.set(turn.id, el);
+  }
+  $(".text", el).textContent = turn.content;
+  const done = turn.finishReason != null;
+  el.dataset.state = done ? FINISH_STATE[turn.finishReason] || "done" : "streaming";
+  el.dataset.finishReason = turn.finishReason ?? "";
+  el.setAttribute("aria-busy", String(!done));
+
+  const badge = $(".badge", el);
+  let badgeText = done ? FINISH_BADGE[turn.finishReason] || "" : "";
+  if (done && turn.error && turn.finishReason !== "cancelled") {
+    badgeText = `${badgeText}. ${humanError(turn.error.code, turn.error.message)}`.replace(/^\. /, "");
+  }
+  badge.textContent = badgeText;
+  badge.hidden = !badgeText;
+
+  $(".actions", el).hidden = !done;
+  $(".retry", el).hidden = !(done && (turn.finishReason === "interrupted" || turn.error?.retryable));
+
+  const rating = turn.rating ?? null;
+  $(".fb.up", el).setAttribute("aria-pressed", String(rating === "up"));
+  $(".fb.down", el).setAttribute("aria-pressed", String(rating === "down"));
+  el.dataset.rating = rating ?? "";
+
+  const dl = $(".meta dl", el);
+  dl.replaceChildren();
+  addDetail(dl, "Response id", turn.id);
+  if (turn.traceId) addDetail(dl, "Trace id", turn.traceId);
+  if (turn.profile) addDetail(dl, "Profile", turn.profile);
+  if (turn.usage) addDetail(dl, "Tokens", `${turn.usage.input_tokens} in / ${turn.usage.output_tokens} out`);
+  if (turn.ttftMs != null) addDetail(dl, "Time to first token", `${turn.ttftMs} ms`);
+  if (turn.latencyMs != null) addDetail(dl, "Total time", `${(turn.latencyMs / 1000).toFixed(2)} s`);
+  if (done && !turn.traceId) addDetail(dl, "Note", "restored from a snapshot; some details are unavailable");
+  return el;
+}
+
+function renderTurn(turn) {
+  keepScrolled(() => (turn.role === "user" ? userNode(turn) : assistantNode(turn)));
+  updateControls();
+}
+
+function renderOutbox() {
+  for (const m of client.outbox) {
+    if (!nodes.has(m.clientMsgId)) {
+      const el = userNode({ id: m.clientMsgId, clientMsgId: m.clientMsgId, content: m.content, pending: true });
+      nodes.set(m.clientMsgId, el);
+    }
+  }
+}
+
+function renderAll() {
+  for (const el of nodes.values()) el.remove();
+  nodes.clear();
+  for (const turn of client.turns) renderTurn(turn);
+  renderOutbox();
+  els.empty.hidden = nodes.size > 0;
+  updateControls();
+}
+
+function lastUserContentBefore(responseId) {
+  const turns = client.turns;
+  const i = turns.findIndex((t) => t.id === responseId);
+  for (let j = (i < 0 ? turns.length : i) - 1; j >= 0; j--) if (turns[j].role === "user") return turns[j].content;
+  return null;
+}
+
+function wireAssistant(el, responseId) {
+  const fbStatus = $(".fb-status", el);
+  const commentForm = $(".comment", el);
+  const commentInput = $("input", commentForm);
+  let lastRating = null;
+
+  const rate = (rating, comment) => {
+    lastRating = rating;
+    fbStatus.textContent = "Saving…";
+    client.feedback(responseId, rating, comment ? { comment } : {}).then(
+      () => {
+        fbStatus.textContent = comment ? "Thanks for the comment." : "Thanks for the feedback.";
+        el.dataset.feedbackRecorded = rating;
+      },
+      (err) => {
+        fbStatus.textContent = `Feedback not saved: ${humanError(err.code, err.message)}`;
+      },
+    );
+  };
+
+  for (const [sel, rating] of [[".fb.up", "up"], [".fb.down", "down"]]) {
+    $(sel, el).addEventListener("click", () => {
+      rate(rating);
+      commentForm.hidden = false;
+      commentInput.focus();
+    });
+  }
+  commentForm.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const text = commentInput.value.trim();
+    if (!text || !lastRating) return;
+    rate(lastRating, text);
+    commentForm.hidden = true;
+  });
+  $(".retry", el).addEventListener("click", () => {
+    const content = lastUserContentBefore(responseId);
+    if (content) sendText(content);
+  });
+}
+
+// ------------------------------------------------------------ controls
+
+function updateControls() {
+  const active = client.activeResponseId;
+  els.stop.disabled = !active || els.stop.dataset.stopping === active;
+  els.stop.textContent = els.stop.dataset.stopping === active && active ? "Stopping…" : "Stop";
+  const failed = client.state === "failed";
+  els.send.disabled = failed;
+  els.composer.disabled = failed;
+}
+
+function sendText(text) {
+  hideNotice();
+  const promise = client.send(text);
+  const id = promise.clientMsgId;
+  if (id && !nodes.has(id) && !client.turns.some((t) => t.clientMsgId === id)) {
+    nodes.set(id, userNode({ id, clientMsgId: id, content: text, pending: true }));
+  }
+  els.log.scrollTop = els.log.scrollHeight; // the sender wants to see the answer: follow it
+  promise.catch((err) => {
+    const el = id && nodes.get(id);
+    if (el && el.dataset.state === "pending") {
+      el.dataset.state = "failed";
+      const badge = $(".badge", el);
+      badge.hidden = false;
+      badge.textContent = `Not sent: ${humanError(err.code, err.message)}`;
+    }
+    if (err.code !== "reset") showNotice(humanError(err.code, err.message));
+  });
+  updateControls();
+}
+
+els.form.addEventListener("submit", (e) => {
+  e.preventDefault();
+  const text = els.composer.value;
+  if (!text.trim()) return;
+  els.composer.value = "";
+  sendText(text);
+  els.composer.focus();
+});
+
+els.composer.addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && !e.shiftKey && !e.isComposing && !e.altKey && !e.ctrlKey && !e.metaKey) {
+    e.preventDefault();
+    els.form.requestSubmit();
+  }
+});
+
+els.stop.addEventListener("click", () => {
+  const id = client.activeResponseId;
+  if (!id) return;
+  els.stop.dataset.stopping = id;
+  updateControls();
+  client.cancel(id).finally(() => {
+    delete els.stop.dataset.stopping;
+    updateControls();
+  });
+});
+
+els.newChat.addEventListener("click", () => {
+  hideNotice();
+  client.reset();
+  els.composer.focus();
+});
+
+// ------------------------------------------------------------ client events
+
+client.on("status", (st) => {
+  renderStatus(st);
+  if (st.state === "connected") {
+    if (els.notice.dataset.kind === "connection") hideNotice();
+  }
+});
+client.on("conversation", renderAll);
+client.on("message", (_ev, turn) => renderTurn(turn));
+client.on("started", (_ev, turn) => renderTurn(turn));
+client.on("delta", (_ev, turn) => renderTurn(turn));
+client.on("completed", (_ev, turn) => renderTurn(turn));
+client.on("feedback", (_ev, turn) => turn && renderTurn(turn));
+client.on("reset", () => showNotice(humanError("session_not_found"), { kind: "info" }));
+client.on("error", (ev, info = {}) => {
+  if (info.fatal) return; // shown in the status line
+  const text = humanError(ev.code, ev.message);
+  if (info.willRetry && info.retryAt) showNotice(text, { retryAt: info.retryAt, kind: "connection" });
+  else showNotice(text);
+});
+
+renderAll();
+renderStatus(client.status);
+client.connect().catch(() => {});
+els.composer.focus();

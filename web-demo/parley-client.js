@@ -1,0 +1,1117 @@
+// parley-client.js: the Parley protocol v1 browser client.
+//
+// One ES module, no build step, no dependencies. It works in any modern browser
+// and in Node (>= 20) when given a WebSocket implementation.
+//
+//   import { ParleyClient } from "/parley-client.js";
+//   const client = new ParleyClient();                 // ws(s)://<this host>/v1/ws
+//   client.on("delta", (ev, turn) => render(turn));    // turn.content grows
+//   client.connect();
+//   const reply = await client.send("Hello!");         // resolves when the reply completes
+//
+// What it does for you (see docs/client.md):
+// - sends `hello`, resumes the session from the last `seq` it saw after any drop,
+//   with jittered exponential backoff; drops events it has already seen (by seq)
+//   and reconnects on a gap, so a conversation is never silently partial;
+// - a heartbeat watchdog reconnects when nothing arrived for two heartbeat
+//   intervals, judged by wall-clock time while its own timer ran on time, so a
+//   throttled or frozen background tab never causes a false reconnect;
+// - keeps session_id, resume_token, last_seq and the conversation in
+//   sessionStorage, so a page reload mid-reply resumes that reply;
+// - `recovered: false` replaces the conversation with the server's snapshot;
+// - `send()` carries a client_msg_id that is reused on every retry, so a
+//   resend after a reconnect never doubles a turn; honours `retry_after_ms`.
+
+export const PROTOCOL = "parley.v1";
+
+/** WebSocket close codes the server uses (docs/protocol.md). */
+export const CloseCode = Object.freeze({
+  NORMAL: 1000,
+  GOING_AWAY: 1001,
+  ABNORMAL: 1006,
+  MESSAGE_TOO_BIG: 1009,
+  INTERNAL_ERROR: 1011,
+  SERVICE_RESTART: 1012,
+  BAD_HANDSHAKE: 4000,
+  UNAUTHORIZED: 4001,
+  UNSUPPORTED_VERSION: 4002,
+  SESSION_NOT_FOUND: 4004,
+  HELLO_TIMEOUT: 4008,
+  SLOW_CONSUMER: 4009,
+  POLICY_VIOLATION: 4029,
+});
+
+// Close codes after which reconnecting cannot help: the client stops ("failed").
+const FATAL_CLOSE = new Map([
+  [4000, "invalid_message"],
+  [4002, "unsupported_version"],
+  [4029, "rate_limited"],
+]);
+
+const LOGGED_TYPES = new Set([
+  "message.accepted",
+  "response.started",
+  "response.delta",
+  "response.completed",
+  "feedback.recorded",
+]);
+
+// Ephemeral server events: never carry a log position of their own (message.duplicate's
+// `seq` names the original message.accepted, it is not this frame's seq).
+const EPHEMERAL_TYPES = new Set([
+  "session.ready",
+  "session.snapshot",
+  "heartbeat",
+  "pong",
+  "error",
+  "message.duplicate",
+]);
+
+const STORAGE_VERSION = 1;
+
+/** An error the server (or the client on its behalf) reported; `code` is the protocol error code. */
+export class ParleyError extends Error {
+  constructor(code, message, { retryable = false, retryAfterMs = null, ref = null, closeCode = null } = {}) {
+    super(message || code);
+    this.name = "ParleyError";
+    this.code = code;
+    this.retryable = retryable;
+    this.retryAfterMs = retryAfterMs;
+    this.ref = ref;
+    this.closeCode = closeCode;
+  }
+
+  static fromEvent(ev) {
+    return new ParleyError(ev.code, ev.message, {
+      retryable: !!ev.retryable,
+      retryAfterMs: ev.retry_after_ms ?? null,
+      ref: ev.ref ?? null,
+    });
+  }
+}
+
+function defaultUrl() {
+  const loc = globalThis.location;
+  if (!loc || !loc.host) throw new Error("ParleyClient: no location; pass options.url");
+  return `${loc.protocol === "https:" ? "wss" : "ws"}://${loc.host}/v1/ws`;
+}
+
+function defaultStorage() {
+  try {
+    return globalThis.sessionStorage ?? null;
+  } catch {
+    return null; // sandboxed iframes throw on access
+  }
+}
+
+/** A random id that works in insecure contexts too (crypto.randomUUID needs https). */
+export function randomId(prefix = "c") {
+  const bytes = new Uint8Array(12);
+  globalThis.crypto.getRandomValues(bytes);
+  let s = "";
+  for (const b of bytes) s += b.toString(16).padStart(2, "0");
+  return `${prefix}_${s}`;
+}
+
+/**
+ * Backoff delay for the given attempt (0-based): "equal jitter" exponential.
+ * The cap grows initialMs * factor^attempt up to maxMs; the delay is uniformly
+ * drawn from [cap/2, cap], so clients that dropped together spread out but
+ * never retry instantly in a tight loop.
+ */
+export function backoffDelay(attempt, { initialMs = 500, maxMs = 15000, factor = 2 } = {}, random = Math.random) {
+  const cap = Math.min(maxMs, initialMs * Math.pow(factor, Math.max(0, attempt)));
+  return Math.round(cap / 2 + random() * (cap / 2));
+}
+
+function byteLength(text) {
+  return new TextEncoder().encode(text).length;
+}
+
+function cloneTurn(t) {
+  return t ? { ...t, usage: t.usage ? { ...t.usage } : t.usage } : t;
+}
+
+export class ParleyClient {
+  /**
+   * @param {object} [options]
+   * @param {string} [options.url]            ws URL; default ws(s)://<location.host>/v1/ws
+   * @param {string|function} [options.token] bearer token, or a (possibly async) function returning one
+   * @param {object} [options.metadata]       hello.metadata (flat scalars: tenant_id, trace_id, ...)
+   * @param {Storage|null} [options.storage]  where state is kept; default sessionStorage, null = nowhere
+   * @param {string} [options.storageKey]     default "parley:" + url
+   * @param {object} [options.backoff]        {initialMs: 500, maxMs: 15000, factor: 2}
+   * @param {number} [options.heartbeatMisses]  silent heartbeat intervals before reconnecting (2)
+   * @param {number} [options.connectTimeoutMs] time allowed from opening to session.ready (10000)
+   * @param {number} [options.maxFrameBytes]  refuse to send frames larger than this (65536)
+   * @param {number} [options.maxSendRetries] retryable send errors before send() rejects (8)
+   * @param {string} [options.profile]        default profile for send()
+   */
+  constructor(options = {}) {
+    this.url = options.url ?? defaultUrl();
+    this.options = {
+      token: options.token ?? null,
+      metadata: options.metadata ?? null,
+      storageKey: options.storageKey ?? `parley:${this.url}`,
+      backoff: { initialMs: 500, maxMs: 15000, factor: 2, ...(options.backoff || {}) },
+      heartbeatMisses: options.heartbeatMisses ?? 2,
+      connectTimeoutMs: options.connectTimeoutMs ?? 10000,
+      catchUpTimeoutMs: options.catchUpTimeoutMs ?? 3000,
+      stableAfterMs: options.stableAfterMs ?? 5000,
+      maxFrameBytes: options.maxFrameBytes ?? 65536,
+      maxSendRetries: options.maxSendRetries ?? 8,
+      profile: options.profile ?? null,
+    };
+    // Injection points, used by tests (fake sockets and clocks) and exotic hosts.
+    this._storage = options.storage === undefined ? defaultStorage() : options.storage;
+    this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
+    this._random = options.random ?? Math.random;
+    this._now = options.now ?? (() => Date.now());
+    const timers = options.timers ?? globalThis;
+    this._setTimeout = (fn, ms) => timers.setTimeout(fn, ms);
+    this._clearTimeout = (id) => timers.clearTimeout(id);
+    this._env = options.window === undefined ? (typeof window !== "undefined" ? window : null) : options.window;
+
+    // Session state (persisted).
+    this.sessionId = null;
+    this.resumeToken = null;
+    this.lastSeq = 0;
+    this._turns = [];
+    this._pending = []; // message sends, in order: {clientMsgId, content, extra, resolve, reject, ...}
+
+    // Connection state.
+    this.heartbeatIntervalMs = 15000;
+    this.status = { state: "idle" };
+    this._ws = null;
+    this._gen = 0; // bumps on every socket; stale callbacks compare and bail out
+    this._readyGen = 0; // gen of the socket that got session.ready
+    this._attempt = 0;
+    this._everReady = false;
+    this._closedByUser = true;
+    this._failed = null;
+    this._timers = {};
+    this._retryAfterUntil = 0;
+    this._cancels = new Map(); // response_id -> {sentGen, waiters: [resolve]}
+    this._feedback = new Map(); // response_id -> {frame, sentGen, waiters: [{resolve, reject}]}
+    this._readyWaiters = [];
+    this._listeners = new Map();
+    this._resynced = false;
+    this.stats = { connects: 0, resumes: 0, reconnects: 0, duplicatesDropped: 0, gaps: 0, snapshots: 0 };
+
+    this._restore();
+    this._bindEnvironment();
+  }
+
+  // ------------------------------------------------------------------ events
+
+  /** Subscribe to an event; returns a function that unsubscribes. Handler gets (event, extra). */
+  on(type, fn) {
+    if (!this._listeners.has(type)) this._listeners.set(type, new Set());
+    this._listeners.get(type).add(fn);
+    return () => this.off(type, fn);
+  }
+
+  off(type, fn) {
+    this._listeners.get(type)?.delete(fn);
+  }
+
+  once(type, fn) {
+    const off = this.on(type, (...args) => {
+      off();
+      fn(...args);
+    });
+    return off;
+  }
+
+  _emit(type, ...args) {
+    for (const key of [type, "*"]) {
+      const set = this._listeners.get(key);
+      if (!set) continue;
+      for (const fn of [...set]) {
+        try {
+          key === "*" ? fn(type, ...args) : fn(...args);
+        } catch (err) {
+          // A listener's bug must not break the protocol state machine.
+          globalThis.console?.error?.("parley listener failed", type, err);
+        }
+      }
+    }
+  }
+
+  // ----------------------------------------------------------------- getters
+
+  /** The conversation: [{role, id, content, finishReason, ...}], copies (mutate freely). */
+  get turns() {
+    return this._turns.map(cloneTurn);
+  }
+
+  /** One turn by id (message_id or response_id), a copy, or null. */
+  turn(id) {
+    return cloneTurn(this._turns.find((t) => t.id === id) ?? null);
+  }
+
+  /** Sends not yet accepted by the server: [{clientMsgId, content}] (they survive a reload). */
+  get outbox() {
+    return this._pending.filter((p) => !p.messageId).map((p) => ({ clientMsgId: p.clientMsgId, content: p.content }));
+  }
+
+  /** The response_id of the reply currently streaming, or null. */
+  get activeResponseId() {
+    for (let i = this._turns.length - 1; i >= 0; i--) {
+      const t = this._turns[i];
+      if (t.role === "assistant") return t.finishReason == null ? t.id : null;
+    }
+    return null;
+  }
+
+  get state() {
+    return this.status.state;
+  }
+
+  // ------------------------------------------------------------- public API
+
+  /** Open the connection (idempotent). Resolves with session.ready; rejects if the client fails. */
+  connect() {
+    if (this._failed) return Promise.reject(this._failed);
+    const p = new Promise((resolve, reject) => this._readyWaiters.push({ resolve, reject }));
+    if (this._closedByUser) {
+      this._closedByUser = false;
+      this._open();
+    } else if (this.status.state === "connected" && this._lastReady) {
+      this._settleReady(this._lastReady);
+    }
+    return p;
+  }
+
+  /** Close the connection and stop reconnecting; state stays stored, connect() resumes. */
+  close() {
+    this._closedByUser = true;
+    this._clearAllTimers();
+    this._abandonSocket(1000, "client closed");
+    this._saveNow();
+    this._setStatus("closed", {});
+  }
+
+  /**
+   * Send a user turn. Resolves when its reply completes, with the assistant turn
+   * ({id, content, finishReason, usage, ttftMs, latencyMs, traceId, error, ...});
+   * a reply that ends with finishReason "interrupted" resolves too (check it).
+   * Rejects with a ParleyError for a non-retryable refusal. Queued while offline;
+   * every (re)send uses the same client_msg_id, so it never doubles a turn.
+   * @param {string} content
+   * @param {object} [opts] {clientMsgId, profile, responseFormat, metadata}
+   */
+  send(content, opts = {}) {
+    if (typeof content !== "string" || content.length === 0) {
+      return Promise.reject(new ParleyError("invalid_message", "content must be a non-empty string"));
+    }
+    if (this._failed) return Promise.reject(this._failed);
+    const clientMsgId = opts.clientMsgId ?? randomId("m");
+    const extra = {};
+    const profile = opts.profile ?? this.options.profile;
+    if (profile) extra.profile = profile;
+    if (opts.responseFormat) extra.response_format = opts.responseFormat;
+    if (opts.metadata) extra.metadata = opts.metadata;
+    const frame = { type: "message.send", client_msg_id: clientMsgId, content, ...extra };
+    if (byteLength(JSON.stringify(frame)) > this.options.maxFrameBytes) {
+      return Promise.reject(
+        new ParleyError("payload_too_large", `message is larger than ${this.options.maxFrameBytes} bytes`),
+      );
+    }
+    const existing = this._pending.find((p) => p.clientMsgId === clientMsgId);
+    if (existing) return existing.promise;
+    const entry = this._newPending(clientMsgId, content, extra);
+    this._pending.push(entry);
+    this._saveSoon();
+    if (this._closedByUser) this.connect().catch(() => {});
+    else this._flush();
+    return entry.promise;
+  }
+
+  /**
+   * Stop a response (default: the active one). Idempotent; resolves with the
+   * response's completed turn (finishReason "cancelled" unless it finished first),
+   * or null when nothing is running.
+   */
+  cancel(responseId = this.activeResponseId) {
+    if (!responseId) return Promise.resolve(null);
+    const t = this._turns.find((x) => x.id === responseId);
+    if (t && t.finishReason != null) return Promise.resolve(cloneTurn(t));
+    let c = this._cancels.get(responseId);
+    if (!c) {
+      c = { sentGen: 0, waiters: [] };
+      this._cancels.set(responseId, c);
+    }
+    const p = new Promise((resolve) => c.waiters.push(resolve));
+    this._flush();
+    return p;
+  }
+
+  /**
+   * Rate a response "up" or "down", optionally with a comment and tags. The last
+   * rating wins; resolves when the server logged it (feedback.recorded).
+   */
+  feedback(responseId, rating, { comment, tags } = {}) {
+    if (rating !== "up" && rating !== "down") {
+      return Promise.reject(new ParleyError("invalid_message", 'rating must be "up" or "down"'));
+    }
+    const frame = { type: "feedback", response_id: responseId, rating };
+    if (comment) frame.comment = comment;
+    if (tags && tags.length) frame.tags = tags;
+    const prev = this._feedback.get(responseId);
+    const fb = { frame, sentGen: 0, wasSent: false, waiters: prev ? prev.waiters : [] };
+    this._feedback.set(responseId, fb);
+    const p = new Promise((resolve, reject) => fb.waiters.push({ resolve, reject }));
+    if (this._closedByUser) this.connect().catch(() => {});
+    else this._flush();
+    return p;
+  }
+
+  /** Forget the session (and its stored state) and start a new one. */
+  reset() {
+    const err = new ParleyError("reset", "the session was reset");
+    for (const p of this._pending.splice(0)) p.reject(err);
+    for (const fb of this._feedback.values()) fb.waiters.forEach((w) => w.reject(err));
+    this._feedback.clear();
+    for (const c of this._cancels.values()) c.waiters.forEach((w) => w(null));
+    this._cancels.clear();
+    this._forgetSession();
+    this._emit("conversation", { reason: "reset" });
+    if (!this._closedByUser) {
+      this._abandonSocket(1000, "reset");
+      this._attempt = 0;
+      this._open();
+    }
+  }
+
+  // ------------------------------------------------------------ persistence
+
+  _restore() {
+    if (!this._storage) return;
+    let raw;
+    try {
+      raw = JSON.parse(this._storage.getItem(this.options.storageKey) || "null");
+    } catch {
+      raw = null;
+    }
+    if (!raw || raw.v !== STORAGE_VERSION || typeof raw.session_id !== "string") return;
+    this.sessionId = raw.session_id;
+    this.resumeToken = raw.resume_token ?? null;
+    this.lastSeq = Number.isInteger(raw.last_seq) && raw.last_seq >= 0 ? raw.last_seq : 0;
+    this._turns = Array.isArray(raw.turns) ? raw.turns : [];
+    if (!Array.isArray(raw.turns)) this.lastSeq = 0; // no transcript stored: replay everything
+    for (const m of raw.outbox || []) {
+      // Unacknowledged sends survive a reload and are resent with the same id.
+      const entry = this._newPending(m.client_msg_id, m.content, m.extra || {});
+      entry.promise.catch(() => {});
+      this._pending.push(entry);
+    }
+  }
+
+  _snapshotState(withTurns) {
+    return JSON.stringify({
+      v: STORAGE_VERSION,
+      session_id: this.sessionId,
+      resume_token: this.resumeToken,
+      last_seq: withTurns ? this.lastSeq : 0,
+      turns: withTurns ? this._turns : undefined,
+      outbox: this._pending
+        .filter((p) => !p.messageId)
+        .map((p) => ({ client_msg_id: p.clientMsgId, content: p.content, extra: p.extra })),
+    });
+  }
+
+  _saveSoon() {
+    if (this._timers.save != null) return;
+    this._timers.save = this._setTimeout(() => {
+      this._timers.save = null;
+      this._saveNow();
+    }, 100);
+  }
+
+  _saveNow() {
+    if (this._timers.save != null) {
+      this._clearTimeout(this._timers.save);
+      this._timers.save = null;
+    }
+    const s = this._storage;
+    if (!s) return;
+    const key = this.options.storageKey;
+    try {
+      if (!this.sessionId) {
+        s.removeItem(key);
+        return;
+      }
+      // last_seq and turns are written together, so a reload always sees a consistent pair.
+      s.setItem(key, this._snapshotState(true));
+    } catch {
+      try {
+        s.setItem(key, this._snapshotState(false)); // over quota: keep ids, replay from 0
+      } catch {
+        /* storage unavailable: resume within this page still works */
+      }
+    }
+  }
+
+  _forgetSession() {
+    this.sessionId = null;
+    this.resumeToken = null;
+    this.lastSeq = 0;
+    this._turns = [];
+    this._saveNow();
+  }
+
+  // -------------------------------------------------------------- connection
+
+  _open() {
+    this._clearTimer("reconnect");
+    this._stopWatchdog();
+    const gen = ++this._gen;
+    this._caughtUp = false;
+    this._awaitingSnapshot = false;
+    this._setStatus(this._everReady ? "reconnecting" : "connecting", { attempt: this._attempt });
+    const token = this.options.token;
+    Promise.resolve(typeof token === "function" ? token() : token).then(
+      (tok) => this._openSocket(gen, tok),
+      (err) => {
+        if (gen !== this._gen) return;
+        this._emit("error", { type: "error", code: "unauthorized", message: String(err), retryable: true }, {});
+        this._scheduleReconnect({ code: 0, reason: "token provider failed" });
+      },
+    );
+  }
+
+  _openSocket(gen, token) {
+    if (gen !== this._gen || this._closedByUser) return;
+    let ws;
+    try {
+      ws = new this._WebSocket(this.url, PROTOCOL);
+    } catch (err) {
+      this._onClose(gen, { code: CloseCode.ABNORMAL, reason: String(err) });
+      return;
+    }
+    this._ws = ws;
+    this._openedAt = this._now();
+    this._lastRx = this._openedAt;
+    this._pingSentAt = 0;
+    ws.onopen = () => {
+      if (gen !== this._gen) return;
+      const hello = { type: "hello", protocol: PROTOCOL };
+      if (token) hello.token = token;
+      if (this.sessionId) {
+        hello.session_id = this.sessionId;
+        if (this.resumeToken) hello.resume_token = this.resumeToken;
+        hello.last_seq = this.lastSeq;
+      }
+      this._helloLastSeq = hello.last_seq ?? 0;
+      if (this.options.metadata) hello.metadata = this.options.metadata;
+      this._sendFrame(hello);
+    };
+    ws.onmessage = (e) => this._onFrame(gen, e.data);
+    ws.onclose = (e) => this._onClose(gen, { code: e.code, reason: e.reason });
+    ws.onerror = () => {}; // a close event always follows
+    this._startWatchdog(gen);
+  }
+
+  /** Detach from the current socket at once (its late events are ignored) and close it. */
+  _abandonSocket(code = 1000, reason = "") {
+    const ws = this._ws;
+    this._ws = null;
+    this._gen++;
+    this._stopWatchdog();
+    this._clearTimer("catchUp");
+    if (!ws) return;
+    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    try {
+      ws.close(code, reason);
+    } catch {
+      /* already closed */
+    }
+  }
+
+  /** Treat the current socket as dead now (watchdog, gap, offline) and reconnect. */
+  _drop(reason) {
+    if (this._closedByUser) return;
+    this._abandonSocket(4000, reason.slice(0, 100));
+    this._afterDisconnect({ code: 0, reason });
+  }
+
+  _onClose(gen, { code, reason }) {
+    if (gen !== this._gen) return;
+    this._ws = null;
+    this._gen++;
+    this._stopWatchdog();
+    this._clearTimer("catchUp");
+    if (this._closedByUser) return;
+    this._afterDisconnect({ code, reason });
+  }
+
+  _afterDisconnect({ code, reason }) {
+    const wasReady = this.status.state === "connected";
+    // Whatever was sent on the dead socket must be sent again on the next one.
+    for (const p of this._pending) if (!p.messageId) p.sentGen = 0;
+    for (const c of this._cancels.values()) c.sentGen = 0;
+    for (const fb of this._feedback.values()) fb.sentGen = 0;
+    this._saveNow();
+    this._emit("disconnect", { code, reason, wasReady });
+
+    if (code === CloseCode.BAD_HANDSHAKE && this._helloLastSeq > 0 && !this._resynced) {
+      // Our resume point was refused (e.g. the log is behind the seq we hold after a store
+      // restore): our copy cannot be trusted. Rebuild the conversation from seq 0, once.
+      this._resynced = true;
+      this._turns = [];
+      this.lastSeq = 0;
+      this._saveNow();
+      this._emit("conversation", { reason: "resync" });
+      this._scheduleReconnect({ code, reason: "resync" });
+      return;
+    }
+    if (FATAL_CLOSE.has(code) || (code === CloseCode.UNAUTHORIZED && typeof this.options.token !== "function")) {
+      const errCode = FATAL_CLOSE.get(code) ?? "unauthorized";
+      this._fail(new ParleyError(errCode, reason || `connection closed (${code})`, { closeCode: code }));
+      return;
+    }
+    if (code === CloseCode.SESSION_NOT_FOUND) {
+      // The session expired or is unknown: start a new one, keep the unsent outbox.
+      this._forgetSession();
+      for (const p of this._pending) {
+        p.messageId = null;
+        p.responseId = null;
+      }
+      this._emit("conversation", { reason: "session_not_found" });
+      this._emit("reset", { reason: "session_not_found" });
+      this._attempt = 0;
+      this._open();
+      return;
+    }
+    if (code === CloseCode.MESSAGE_TOO_BIG) {
+      // A frame we sent was too big; fail the sends that were in flight rather than loop.
+      const err = new ParleyError("payload_too_large", "a message was larger than the server accepts");
+      for (const p of [...this._pending]) {
+        if (!p.messageId && p.wasSent) this._settlePending(p, null, err);
+      }
+    }
+    if (this._readyAt && this._now() - this._readyAt >= this.options.stableAfterMs) this._attempt = 0;
+    this._scheduleReconnect({ code, reason });
+  }
+
+  _scheduleReconnect({ code, reason }) {
+    this._clearTimer("reconnect");
+    let delay = backoffDelay(this._attempt, this.options.backoff, this._random);
+    const now = this._now();
+    if (this._retryAfterUntil > now) delay = Math.max(delay, this._retryAfterUntil - now);
+    this._attempt += 1;
+    this.stats.reconnects += 1;
+    const offline = this._env?.navigator?.onLine === false;
+    this._setStatus("reconnecting", {
+      attempt: this._attempt,
+      retryInMs: delay,
+      retryAt: now + delay,
+      code,
+      reason,
+      offline,
+    });
+    this._timers.reconnect = this._setTimeout(() => {
+      this._timers.reconnect = null;
+      if (!this._closedByUser) this._open();
+    }, delay);
+  }
+
+  _fail(err) {
+    this._failed = err;
+    this._closedByUser = true;
+    this._clearAllTimers();
+    this._abandonSocket(1000, "failed");
+    this._setStatus("failed", { code: err.closeCode, reason: err.message, error: err });
+    this._emit("error", { type: "error", code: err.code, message: err.message, retryable: false }, { fatal: true });
+    for (const w of this._readyWaiters.splice(0)) w.reject(err);
+    for (const p of this._pending.splice(0)) p.reject(err);
+    for (const fb of this._feedback.values()) fb.waiters.forEach((w) => w.reject(err));
+    this._feedback.clear();
+    this._saveNow();
+  }
+
+  _settleReady(ev) {
+    for (const w of this._readyWaiters.splice(0)) w.resolve(ev);
+  }
+
+  // ------------------------------------------------------------ environment
+
+  _bindEnvironment() {
+    const env = this._env;
+    if (!env || typeof env.addEventListener !== "function") return;
+    env.addEventListener("online", () => {
+      // The network is back: retry now instead of waiting out the backoff.
+      if (this._closedByUser) return;
+      if (this.status.state === "reconnecting" && this._timers.reconnect != null) {
+        this._attempt = 0;
+        this._open();
+      } else if (this.status.state === "connected") {
+        this._ping();
+      }
+    });
+    env.addEventListener("offline", () => {
+      // The socket cannot survive this; waiting for the watchdog would only delay the resume.
+      if (this._closedByUser || !this._ws) return;
+      this._drop("offline");
+    });
+    env.addEventListener("pagehide", () => this._saveNow());
+    const wake = () => {
+      // After a hidden/frozen period judge liveness afresh, and probe.
+      this._watchBase = this._now();
+      this._lastTick = this._now();
+      if (this.status.state === "connected") this._ping();
+      else if (this.status.state === "reconnecting" && this._timers.reconnect != null && !this._closedByUser) {
+        this._open();
+      }
+    };
+    const doc = env.document;
+    if (doc && typeof doc.addEventListener === "function") {
+      doc.addEventListener("visibilitychange", () => {
+        if (doc.visibilityState === "visible") wake();
+        else this._saveNow();
+      });
+      doc.addEventListener("resume", wake);
+    }
+    env.addEventListener("pageshow", (e) => {
+      if (e.persisted) wake(); // back from the bfcache
+    });
+  }
+
+  // --------------------------------------------------------------- watchdog
+
+  _startWatchdog(gen) {
+    this._stopWatchdog();
+    const now = this._now();
+    this._watchBase = now;
+    this._lastTick = now;
+    const tick = () => {
+      this._timers.watchdog = null;
+      if (gen !== this._gen) return;
+      const t = this._now();
+      const tickMs = this._tickMs();
+      if (t - this._lastTick > tickMs * 2 + 1000) {
+        // Our own timer ran late: the tab was throttled or frozen, so silence
+        // measured across that gap says nothing. Start a fresh window and probe.
+        this._watchBase = t;
+        if (this._readyGen === gen) this._ping();
+      }
+      this._lastTick = t;
+      const since = Math.max(this._lastRx, this._watchBase);
+      if (this._readyGen !== gen) {
+        if (t - Math.max(this._openedAt ?? t, this._watchBase) > this.options.connectTimeoutMs) {
+          this._drop("connect timeout");
+          return;
+        }
+      } else {
+        const hb = this.heartbeatIntervalMs;
+        const silent = t - since;
+        if (silent > this.options.heartbeatMisses * hb) {
+          this._drop("heartbeat timeout");
+          return;
+        }
+        if (silent > hb && this._pingSentAt < since) this._ping();
+      }
+      this._timers.watchdog = this._setTimeout(tick, this._tickMs());
+    };
+    this._timers.watchdog = this._setTimeout(tick, this._tickMs());
+  }
+
+  _tickMs() {
+    return Math.max(50, Math.min(1000, Math.floor(this.heartbeatIntervalMs / 4)));
+  }
+
+  _stopWatchdog() {
+    this._clearTimer("watchdog");
+  }
+
+  _ping() {
+    if (this._ws && this._readyGen === this._gen) {
+      this._pingSentAt = this._now();
+      this._sendFrame({ type: "ping", nonce: randomId("p") });
+    }
+  }
+
+  // ----------------------------------------------------------------- frames
+
+  _sendFrame(obj) {
+    const ws = this._ws;
+    if (!ws || ws.readyState !== 1) return false;
+    try {
+      ws.send(JSON.stringify(obj));
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  _onFrame(gen, data) {
+    if (gen !== this._gen) return;
+    this._lastRx = this._now();
+    let ev;
+    try {
+      ev = JSON.parse(typeof data === "string" ? data : new TextDecoder().decode(data));
+    } catch {
+      return; // not ours to interpret; the server never sends this
+    }
+    if (!ev || typeof ev !== "object" || typeof ev.type !== "string") return;
+    if (LOGGED_TYPES.has(ev.type) || (!EPHEMERAL_TYPES.has(ev.type) && typeof ev.seq === "number")) {
+      if (this._readyGen !== gen) return; // logged events only make sense after session.ready
+      this._onLogged(ev);
+      return;
+    }
+    switch (ev.type) {
+      case "session.ready":
+        this._onReady(gen, ev);
+        break;
+      case "session.snapshot":
+        this._onSnapshot(ev);
+        break;
+      case "heartbeat":
+        this._emit("heartbeat", ev);
+        this._markCaughtUp();
+        break;
+      case "pong":
+        this._emit("pong", ev);
+        break;
+      case "error":
+        this._onError(ev);
+        break;
+      case "message.duplicate":
+        this._onDuplicate(ev);
+        break;
+      default:
+        this._emit("event", ev);
+    }
+  }
+
+  _onReady(gen, ev) {
+    const newSession = ev.session_id !== this.sessionId;
+    if (newSession && (this._turns.length || this.lastSeq)) {
+      this._turns = [];
+      this.lastSeq = 0;
+      for (const p of this._pending) {
+        p.messageId = null; // accepted by a session that is gone: send again in this one
+        p.responseId = null;
+      }
+      this._emit("conversation", { reason: "new_session" });
+    }
+    if (!newSession && ev.resumed && ev.recovered && typeof ev.last_seq === "number" && ev.last_seq < this.lastSeq) {
+      // The server's log is behind what we hold: our copy cannot be trusted. Rebuild from 0 once.
+      if (!this._resynced) {
+        this._resynced = true;
+        this._turns = [];
+        this.lastSeq = 0;
+        this._emit("conversation", { reason: "resync" });
+        this._drop("log behind client");
+        return;
+      }
+    }
+    if (!this._helloLastSeq) this._resynced = false; // a from-zero resume worked: allow a future resync
+    this.sessionId = ev.session_id;
+    this.resumeToken = ev.resume_token ?? this.resumeToken;
+    if (ev.heartbeat_interval_ms > 0) this.heartbeatIntervalMs = ev.heartbeat_interval_ms;
+    this._readyGen = gen;
+    this._readyAt = this._now();
+    this._lastReady = ev;
+    this._everReady = true;
+    this._readyLastSeq = typeof ev.last_seq === "number" ? ev.last_seq : 0;
+    this._awaitingSnapshot = !!ev.resumed && ev.recovered === false;
+    this.stats.connects += 1;
+    if (ev.resumed) this.stats.resumes += 1;
+    this._saveNow();
+    this._setStatus("connected", { resumed: !!ev.resumed, recovered: ev.recovered !== false });
+    this._settleReady(ev);
+    this._emit("ready", ev);
+    this._clearTimer("catchUp");
+    this._timers.catchUp = this._setTimeout(() => {
+      this._timers.catchUp = null;
+      this._markCaughtUp(true);
+    }, this.options.catchUpTimeoutMs);
+    this._maybeCaughtUp();
+  }
+
+  _onSnapshot(ev) {
+    // recovered:false: the log no longer holds our gap. Replace, never merge.
+    const turns = (ev.turns || []).map((t) =>
+      t.role === "assistant"
+        ? { role: "assistant", id: t.id, content: t.content ?? "", finishReason: t.finish_reason ?? "stop" }
+        : { role: "user", id: t.id, content: t.content ?? "" },
+    );
+    if (ev.in_flight) {
+      turns.push({ role: "assistant", id: ev.in_flight.id, content: ev.in_flight.content ?? "", finishReason: null });
+    }
+    this._turns = turns;
+    this.lastSeq = typeof ev.last_seq === "number" ? ev.last_seq : this.lastSeq;
+    this._awaitingSnapshot = false;
+    this.stats.snapshots += 1;
+    // Sends whose reply the snapshot shows finished can be settled now.
+    for (const p of [...this._pending]) {
+      const t = p.responseId && this._turns.find((x) => x.id === p.responseId);
+      if (t && t.finishReason != null) this._settlePending(p, t, null);
+    }
+    this._saveNow();
+    this._emit("snapshot", ev);
+    this._emit("conversation", { reason: "snapshot" });
+    this._maybeCaughtUp();
+  }
+
+  _onLogged(ev) {
+    const seq = ev.seq;
+    if (typeof seq !== "number" || seq <= this.lastSeq) {
+      this.stats.duplicatesDropped += 1;
+      return;
+    }
+    if (seq !== this.lastSeq + 1) {
+      // A hole: never show a silently partial conversation. Resume from what we have.
+      this.stats.gaps += 1;
+      this._emit("gap", { expected: this.lastSeq + 1, got: seq });
+      this._drop(`gap: expected seq ${this.lastSeq + 1}, got ${seq}`);
+      return;
+    }
+    this.lastSeq = seq;
+    this._apply(ev);
+    this._saveSoon();
+    this._maybeCaughtUp();
+  }
+
+  _apply(ev) {
+    switch (ev.type) {
+      case "message.accepted": {
+        const p = this._pending.find((x) => x.clientMsgId === ev.client_msg_id);
+        let turn = this._turns.find((t) => t.id === ev.message_id);
+        if (!turn) {
+          turn = { role: "user", id: ev.message_id, clientMsgId: ev.client_msg_id, content: ev.content, seq: ev.seq };
+          this._turns.push(turn);
+        }
+        if (p) p.messageId = ev.message_id;
+        this._emit("message", ev, cloneTurn(turn), { own: !!p });
+        break;
+      }
+      case "response.started": {
+        let turn = this._turns.find((t) => t.id === ev.response_id);
+        if (!turn) {
+          turn = { role: "assistant", id: ev.response_id, content: "", finishReason: null };
+          this._turns.push(turn);
+        }
+        Object.assign(turn, { inReplyTo: ev.in_reply_to, traceId: ev.trace_id, profile: ev.profile });
+        const p = this._pending.find((x) => x.messageId === ev.in_reply_to || x.clientMsgId === ev.in_reply_to);
+        if (p) p.responseId = ev.response_id;
+        this._emit("started", ev, cloneTurn(turn));
+        break;
+      }
+      case "response.delta": {
+        let turn = this._turns.find((t) => t.id === ev.response_id);
+        if (!turn) {
+          turn = { role: "assistant", id: ev.response_id, content: "", finishReason: null };
+          this._turns.push(turn);
+        }
+        turn.content += ev.text;
+        this._emit("delta", ev, cloneTurn(turn));
+        break;
+      }
+      case "response.completed": {
+        let turn = this._turns.find((t) => t.id === ev.response_id);
+        if (!turn) {
+          turn = { role: "assistant", id: ev.response_id, content: "", finishReason: null };
+          this._turns.push(turn);
+        }
+        Object.assign(turn, {
+          finishReason: ev.finish_reason,
+          usage: ev.usage ?? null,
+          ttftMs: ev.ttft_ms ?? null,
+          latencyMs: ev.latency_ms ?? null,
+          error: ev.error ?? null,
+        });
+        if (ev.output !== undefined) turn.output = ev.output;
+        const c = this._cancels.get(ev.response_id);
+        if (c) {
+          this._cancels.delete(ev.response_id);
+          c.waiters.forEach((w) => w(cloneTurn(turn)));
+        }
+        const p = this._pending.find((x) => x.responseId === ev.response_id);
+        if (p) this._settlePending(p, turn, null);
+        this._emit("completed", ev, cloneTurn(turn));
+        this._flush(); // the next queued message may go now
+        break;
+      }
+      case "feedback.recorded": {
+        const turn = this._turns.find((t) => t.id === ev.response_id);
+        if (turn) turn.rating = ev.rating;
+        const fb = this._feedback.get(ev.response_id);
+        if (fb && fb.frame.rating === ev.rating && fb.wasSent) {
+          this._feedback.delete(ev.response_id);
+          fb.waiters.forEach((w) => w.resolve(ev));
+        }
+        this._emit("feedback", ev, cloneTurn(turn ?? null));
+        break;
+      }
+      default:
+        this._emit("event", ev); // a newer server's logged event: seq consumed, content ignored
+    }
+  }
+
+  _onDuplicate(ev) {
+    const p = this._pending.find((x) => x.clientMsgId === ev.client_msg_id);
+    if (p) {
+      p.messageId = ev.message_id ?? p.messageId;
+      p.responseId = ev.response_id ?? p.responseId;
+      const t = p.responseId && this._turns.find((x) => x.id === p.responseId);
+      if (t && t.finishReason != null) this._settlePending(p, t, null);
+    }
+    this._emit("duplicate", ev);
+    this._flush();
+  }
+
+  _onError(ev) {
+    const ref = ev.ref || {};
+    const now = this._now();
+    const info = { retryInMs: null, willRetry: false };
+    if (ref.type === "message.send" && ref.client_msg_id) {
+      const p = this._pending.find((x) => x.clientMsgId === ref.client_msg_id);
+      if (p) {
+        info.clientMsgId = p.clientMsgId;
+        if (ev.retryable && p.retries < this.options.maxSendRetries) {
+          p.retries += 1;
+          p.sentGen = 0;
+          const wait = ev.retry_after_ms ?? backoffDelay(p.retries - 1, this.options.backoff, this._random);
+          p.notBefore = now + wait;
+          info.retryInMs = wait;
+          info.retryAt = now + wait;
+          info.willRetry = true;
+          this._scheduleFlush(wait);
+        } else {
+          this._settlePending(p, null, ParleyError.fromEvent(ev));
+        }
+      }
+    } else if (ref.type === "feedback" && ref.response_id) {
+      const fb = this._feedback.get(ref.response_id);
+      if (fb && !ev.retryable) {
+        this._feedback.delete(ref.response_id);
+        fb.waiters.forEach((w) => w.reject(ParleyError.fromEvent(ev)));
+      } else if (fb) {
+        fb.sentGen = 0;
+        const wait = ev.retry_after_ms ?? 1000;
+        info.retryInMs = wait;
+        info.willRetry = true;
+        this._scheduleFlush(wait);
+      }
+    } else if (ref.type === "response.cancel") {
+      // Cancelling something that is not running is not a failure.
+      const id = ref.response_id;
+      const c = id && this._cancels.get(id);
+      if (c && !ev.retryable) {
+        this._cancels.delete(id);
+        c.waiters.forEach((w) => w(this.turn(id)));
+      }
+    } else if (ev.retry_after_ms) {
+      // Connection-level (e.g. overloaded at hello): the next reconnect waits at least this long.
+      this._retryAfterUntil = now + ev.retry_after_ms;
+      info.retryInMs = ev.retry_after_ms;
+      info.retryAt = now + ev.retry_after_ms;
+      info.willRetry = true;
+    }
+    this._emit("error", ev, info);
+    this._flush();
+  }
+
+  // ----------------------------------------------------------------- outbox
+
+  _newPending(clientMsgId, content, extra) {
+    const entry = {
+      clientMsgId,
+      content,
+      extra,
+      messageId: null,
+      responseId: null,
+      sentGen: 0,
+      wasSent: false,
+      retries: 0,
+      notBefore: 0,
+    };
+    entry.promise = new Promise((resolve, reject) => {
+      entry.resolve = resolve;
+      entry.reject = reject;
+    });
+    entry.promise.clientMsgId = clientMsgId;
+    return entry;
+  }
+
+  _settlePending(p, turn, err) {
+    const i = this._pending.indexOf(p);
+    if (i >= 0) this._pending.splice(i, 1);
+    if (err) p.reject(err);
+    else p.resolve(cloneTurn(turn));
+    this._saveSoon();
+    this._flush();
+  }
+
+  _maybeCaughtUp() {
+    if (!this._caughtUp && !this._awaitingSnapshot && this.lastSeq >= (this._readyLastSeq ?? 0)) this._markCaughtUp();
+  }
+
+  /** Replay after session.ready is done: now the outbox can be (re)sent without needless duplicates. */
+  _markCaughtUp(force = false) {
+    if (this._caughtUp || this._readyGen !== this._gen) return;
+    if (this._awaitingSnapshot && !force) return;
+    this._caughtUp = true;
+    this._clearTimer("catchUp");
+    this._flush();
+  }
+
+  _scheduleFlush(ms) {
+    this._clearTimer("flush");
+    this._timers.flush = this._setTimeout(() => {
+      this._timers.flush = null;
+      this._flush();
+    }, Math.max(0, ms));
+  }
+
+  _flush() {
+    if (!this._ws || this._readyGen !== this._gen || !this._caughtUp) return;
+    const gen = this._gen;
+    for (const [id, c] of this._cancels) {
+      if (c.sentGen !== gen && this._sendFrame({ type: "response.cancel", response_id: id })) c.sentGen = gen;
+    }
+    for (const fb of this._feedback.values()) {
+      if (fb.sentGen !== gen && this._sendFrame(fb.frame)) {
+        fb.sentGen = gen;
+        fb.wasSent = true;
+      }
+    }
+    // Messages go one at a time, in order: the next only after the previous reply completed.
+    const p = this._pending[0];
+    if (!p || p.messageId || p.sentGen === gen) return;
+    if (this.activeResponseId) return;
+    const wait = p.notBefore - this._now();
+    if (wait > 0) {
+      this._scheduleFlush(wait);
+      return;
+    }
+    const frame = { type: "message.send", client_msg_id: p.clientMsgId, content: p.content, ...p.extra };
+    if (this._sendFrame(frame)) {
+      p.sentGen = gen;
+      p.wasSent = true;
+    }
+  }
+
+  // ------------------------------------------------------------------ misc
+
+  _setStatus(state, details) {
+    this.status = { state, sessionId: this.sessionId, ...details };
+    this._emit("status", { ...this.status });
+  }
+
+  _clearTimer(name) {
+    if (this._timers[name] != null) {
+      this._clearTimeout(this._timers[name]);
+      this._timers[name] = null;
+    }
+  }
+
+  _clearAllTimers() {
+    for (const name of Object.keys(this._timers)) if (name !== "save") this._clearTimer(name);
+  }
+}
+
+export default ParleyClient;
