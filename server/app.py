@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hmac
+import json
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,20 +14,24 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from protocol.asyncapi import asyncapi_document
 from protocol.errors import ParleyError
-from sessions import open_store
+from sessions import keys, open_store
 
+from .auth import build_authenticator
 from .endpoint import Connection, websocket_endpoint
-from .generation import Generations
+from .feedback import MAX_LIMIT, export_feedback, parse_since
+from .generation import Generation, Generations
+from .metrics import CONTENT_TYPE, MeteredProvider, MeteredStore, Metrics
 from .profiles import load_profiles, single_profile_set
 from .providers.base import ModelProvider
 from .providers.echo import EchoProvider
-from .service import ModelCatalog, SessionService
+from .ratelimit import open_limiter
+from .service import ModelCatalog, Principal, SessionService
 from .settings import Settings
 
 log = logging.getLogger("parley")
@@ -32,7 +39,7 @@ log = logging.getLogger("parley")
 WEB_DEMO = Path(__file__).resolve().parent.parent / "web-demo"
 
 
-def build_catalog(settings: Settings) -> ModelCatalog:
+def build_catalog(settings: Settings, metrics: Metrics | None = None) -> ModelCatalog:
     """Profiles from ``--profiles`` (TOML) or a one-profile default from ``--model``."""
     profiles = load_profiles(settings.profiles) if settings.profiles else single_profile_set(settings.model)
     providers: dict[str, ModelProvider] = {}
@@ -54,14 +61,27 @@ def build_catalog(settings: Settings) -> ModelCatalog:
             )
         else:
             raise ValueError(f"unknown provider {name!r} in profiles")
+        if metrics is not None:
+            providers[name] = MeteredProvider(providers[name], metrics)
     return ModelCatalog(profiles, providers)
+
+
+def bearer_ok(request: Request, secret: str) -> bool:
+    """``Authorization: Bearer <secret>``, compared in constant time."""
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), secret.encode())
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
-    store = open_store(settings.store, **settings.store_limits())
+    metrics = Metrics()
+    auth = build_authenticator(settings)  # a bad key stops start-up here
+    limiter = open_limiter(settings)
+    store: Any = open_store(settings.store, **settings.store_limits())
+    if not settings.store.startswith("memory://"):
+        store = MeteredStore(store, metrics)
     generations = Generations(store, settings)
-    catalog = build_catalog(settings)
+    catalog = build_catalog(settings, metrics)
     connections: set[Connection] = set()
     state = SimpleNamespace(
         settings=settings,
@@ -70,27 +90,87 @@ def create_app(settings: Settings | None = None) -> Starlette:
         service=SessionService(store, generations, catalog, settings),
         connections=connections,
         draining=False,
+        auth=auth,
+        limiter=limiter,
+        metrics=metrics,
     )
+    metrics.watch(
+        connections=lambda: len(connections),
+        sessions=lambda: len(store.fanout.sessions()),
+        running=lambda: len(generations.running),
+    )
+    background: set[asyncio.Task[Any]] = set()
+
+    async def charge(gen: Generation) -> None:
+        assert limiter is not None
+        tokens = gen.usage.output_tokens if gen.usage is not None else gen.output_tokens
+        rec = await store.get_session(gen.session_id)
+        if rec is not None and tokens > 0:
+            await limiter.charge_tokens(Principal(rec.tenant, rec.user), tokens)
+
+    def on_finish(gen: Generation, finish_reason: str) -> None:
+        """Runs in the generation's task: metrics, one log line (no text), the token charge."""
+        metrics.responses.labels(finish_reason).inc()
+        ttft = None if gen.first_token is None else round((gen.first_token - gen.started) * 1000)
+        log.info(
+            "response finished",
+            extra={
+                "fields": {
+                    "session_id": gen.session_id,
+                    "response_id": gen.response_id,
+                    "finish_reason": finish_reason,
+                    "output_tokens": gen.usage.output_tokens if gen.usage else gen.output_tokens,
+                    "ttft_ms": ttft,
+                }
+            },
+        )
+        if limiter is not None:
+            task = asyncio.get_running_loop().create_task(charge(gen))
+            background.add(task)
+            task.add_done_callback(background.discard)
+
+    generations.on_finish.append(on_finish)
+
+    async def keep_connection_slots() -> None:
+        """Refresh this instance's connection slots so a crash frees them within the slot TTL."""
+        assert limiter is not None
+        while True:
+            await asyncio.sleep(keys.CONNECTION_REFRESH_MS / 1000)
+            held = [(c.who, c.conn_id) for c in list(connections) if c.holds_slot and c.who is not None]
+            with contextlib.suppress(Exception):
+                await limiter.keep_connections(held)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await store.start()
         generations.start()
-        if not (settings.auth_jwt_secret or settings.auth_jwt_public_key):
+        if limiter is not None:
+            await limiter.start()
+            background.add(asyncio.create_task(keep_connection_slots(), name="parley-connection-slots"))
+        if auth is None:
             log.warning(
-                "AUTH IS OFF: anyone can connect. Set PARLEY_AUTH_JWT_SECRET or "
+                "AUTH IS OFF: anyone can connect and claim any tenant or user. Set PARLEY_AUTH_JWT_SECRET or "
                 "PARLEY_AUTH_JWT_PUBLIC_KEY before exposing this server."
             )
+        else:
+            log.info("auth on", extra={"fields": {"algorithm": auth.algorithm}})
+        if limiter is None:
+            log.warning("per-user and per-tenant limits are off (PARLEY_IDENTITY_LIMITS)")
         try:
             yield
         finally:
             state.draining = True
             await generations.stop(drain_s=settings.drain_timeout_ms / 1000)
-            for conn in list(connections):
-                await conn.close(1012, "server restart")
+            await asyncio.gather(*(conn.close(1012, "server restart") for conn in list(connections)))
             for provider in catalog.providers.values():
                 with contextlib.suppress(Exception):
                     await provider.aclose()
+            for task in list(background):
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            if limiter is not None:
+                with contextlib.suppress(Exception):
+                    await limiter.close()
             await store.close()
 
     async def healthz(request: Request) -> Response:
@@ -108,6 +188,37 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def asyncapi(request: Request) -> Response:
         return JSONResponse(asyncapi_document())
 
+    async def metrics_endpoint(request: Request) -> Response:
+        if settings.metrics_token and not bearer_ok(request, settings.metrics_token):
+            return PlainTextResponse("unauthorized", status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        return Response(metrics.expose(), media_type=CONTENT_TYPE)
+
+    async def feedback_endpoint(request: Request) -> Response:
+        """Admin only: feedback rated since ``since`` as JSON lines (or a JSON array with format=json)."""
+        if not settings.admin_token:
+            return JSONResponse({"error": "feedback export is off (set PARLEY_ADMIN_TOKEN)"}, status_code=404)
+        if not bearer_ok(request, settings.admin_token):
+            return JSONResponse(
+                {"error": "unauthorized"}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+            )
+        q = request.query_params
+        try:
+            since = parse_since(q.get("since"))
+            until = parse_since(q.get("until")) if q.get("until") else None
+            limit = min(int(q.get("limit", MAX_LIMIT)), MAX_LIMIT)
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        include_text = q.get("include_text", "").lower() in ("1", "true", "yes")
+        rows = export_feedback(store, since, until_ms=until, include_text=include_text, limit=limit)
+        if q.get("format", "jsonl") == "json":
+            return JSONResponse([row async for row in rows])
+
+        async def lines() -> AsyncIterator[bytes]:
+            async for row in rows:
+                yield (json.dumps(row, ensure_ascii=False) + "\n").encode()
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+
     async def index(request: Request) -> Response:
         return FileResponse(WEB_DEMO / "index.html")
 
@@ -116,6 +227,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/v1/asyncapi.json", asyncapi),
+        Route("/metrics", metrics_endpoint),
+        Route("/v1/feedback", feedback_endpoint),
     ]
     if WEB_DEMO.is_dir():
         routes += [Route("/", index), Mount("/", StaticFiles(directory=WEB_DEMO), name="web-demo")]

@@ -2,7 +2,9 @@
 
 A connection is a reader of its session's log plus a handler of client frames.
 All frames leave through ``_send`` under one lock, so log events, heartbeats and
-errors never interleave mid-frame.
+errors never interleave mid-frame. Every write has a deadline (``send_timeout_ms``):
+a client that stops reading is a slow consumer and is closed with 4009, like one
+whose bounded event buffer overflowed; its session and generation go on.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from protocol.errors import (
     ErrorCode,
     InvalidMessage,
     ParleyError,
+    RateLimited,
+    SessionNotFound,
+    Unauthorized,
     UnsupportedVersion,
 )
 from protocol.messages import (
@@ -41,10 +46,60 @@ from protocol.messages import (
 from sessions import LogGap, SlowConsumer, tail
 from sessions.fanout import Subscriber
 
+from . import logs
+from .auth import Authenticator, Identity
+from .metrics import Metrics
+from .ratelimit import Limiter, Refusal
 from .service import OpenedSession, Principal, SessionService
 from .settings import Settings
 
 log = logging.getLogger("parley.ws")
+
+#: Query parameters that would carry a credential: a handshake naming any of them is refused.
+TOKEN_PARAMS = frozenset({"token", "access_token", "id_token", "jwt", "auth", "authorization", "bearer"})
+#: How long the close handshake may take before the connection is abandoned to the server.
+CLOSE_TIMEOUT_S = 2.0
+#: The window in which ``abuse_strikes`` rate_limited answers close the connection (4029).
+STRIKE_WINDOW_S = 60.0
+
+
+class SlowPeer(Exception):
+    """A frame could not be written within ``send_timeout_ms``: the client stopped reading."""
+
+
+class FrameBudget:
+    """Per-connection token bucket over every frame after hello (``frames_per_minute``)."""
+
+    __slots__ = ("level", "limit", "ts")
+
+    def __init__(self, per_minute: int) -> None:
+        self.limit = per_minute
+        self.level = float(per_minute)
+        self.ts = time.monotonic()
+
+    def take(self) -> int:
+        """0 when the frame may be handled, else the milliseconds until one may."""
+        now = time.monotonic()
+        self.level = min(self.limit, self.level + (now - self.ts) * self.limit / 60.0)
+        self.ts = now
+        if self.level >= 1:
+            self.level -= 1
+            return 0
+        return max(1, int((1 - self.level) * 60_000 / self.limit))
+
+
+def refusal_error(refusal: Refusal, ref: dict[str, Any] | None = None) -> RateLimited:
+    what = {
+        "messages": "messages per minute",
+        "tokens": "generated tokens per minute",
+        "connections": "open connections",
+        "sessions": "new sessions per session lifetime",
+    }[refusal.kind]
+    return RateLimited(
+        f"{refusal.scope} limit reached: {refusal.limit} {what}",
+        retry_after_ms=refusal.retry_after_ms,
+        ref=ref,
+    )
 
 
 def origin_allowed(ws: WebSocket, settings: Settings) -> bool:
@@ -74,43 +129,137 @@ def trace_id_from(metadata: dict[str, Any], headers: Any) -> str:
 
 
 class Connection:
-    def __init__(self, ws: WebSocket, service: SessionService, settings: Settings, registry: set[Connection]):
+    def __init__(
+        self,
+        ws: WebSocket,
+        service: SessionService,
+        settings: Settings,
+        registry: set[Connection],
+        *,
+        auth: Authenticator | None = None,
+        limiter: Limiter | None = None,
+        metrics: Metrics | None = None,
+    ):
         self.ws = ws
         self.service = service
         self.store = service.store
         self.settings = settings
         self.registry = registry
+        self.auth = auth
+        self.limiter = limiter
+        self.metrics = metrics or Metrics()
+        self.conn_id = uuid.uuid4().hex
         self.session_id: str | None = None
         self.trace_id = ""
         self.last_seq = 0
+        self.who: Principal | None = None
+        self.identity: Identity | None = None
+        self.holds_slot = False  # counted against the user's open connections
+        self.slow = False  # declared a slow consumer; closing with 4009
         self._lock = asyncio.Lock()
         self._last_sent = time.monotonic()
+        self._send_timeout = settings.send_timeout_ms / 1000
         self._writer: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._main: asyncio.Task[Any] | None = None
+        self._abandoned = False
+        self._closing: asyncio.Future[None] | None = None
         self._sub: Subscriber | None = None
+        self._frames = FrameBudget(settings.frames_per_minute) if settings.frames_per_minute else None
+        self._strikes: list[float] = []
         self.closed = False
 
     # --------------------------------------------------------------- sending
 
     async def _send(self, text: str) -> None:
         async with self._lock:
-            await self.ws.send_text(text)
-            self._last_sent = time.monotonic()
+            await self._write([text])
+
+    async def _write(self, frames: list[str]) -> None:
+        """Write frames (lock held); each one must leave within the send timeout, else ``SlowPeer``."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._send_timeout) as deadline:
+                for text in frames:
+                    await self.ws.send_text(text)
+                    deadline.reschedule(loop.time() + self._send_timeout)
+        except TimeoutError:
+            self.slow = True
+            raise SlowPeer() from None
+        self._last_sent = time.monotonic()
 
     async def send_error(self, exc: ParleyError) -> None:
-        with contextlib.suppress(Exception):
+        """Tell the client; a client gone meanwhile is no error, one that stopped reading is (SlowPeer)."""
+        self.metrics.errors.labels(exc.code.value).inc()
+        try:
             await self._send(encode(error_event(exc)))
+        except SlowPeer:
+            raise
+        except Exception:
+            pass
 
-    async def close(self, code: int, reason: str = "") -> None:
-        if self.closed:
+    async def close(self, code: int, reason: str = "", wait: float = CLOSE_TIMEOUT_S) -> None:
+        """Close with ``code``; if the close frame cannot leave in ``wait`` s, abandon the socket.
+
+        Abandoning means the connection's main task stops (it may be blocked reading a peer
+        that sends nothing) and the socket is left to the server to tear down.
+        """
+        if self._closing is not None:  # another task is closing: wait for it to finish
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._closing)
             return
+        self._closing = asyncio.get_running_loop().create_future()
         self.closed = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.ws.close(code, reason), 2.0)
+        self.metrics.closes.labels(str(int(code))).inc()
+        log.info("closing connection", extra={"fields": {"close_code": int(code), "reason": reason}})
+        sent = False
+        try:
+            await asyncio.wait_for(self.ws.close(code, reason), wait)
+            sent = True
+        except Exception:
+            pass
+        finally:
+            self._closing.set_result(None)
+        main = self._main
+        if not sent and main is not None and main is not asyncio.current_task() and not main.done():
+            self._abandoned = True
+            main.cancel()
+
+    async def _close_slow(self) -> None:
+        """4009 once the client takes the close frame (within the send timeout), else abandon it."""
+        self.slow = True
+        if not self.closed:
+            log.warning("slow consumer", extra={"fields": {"last_seq": self.last_seq}})
+        await self.close(
+            CloseCode.SLOW_CONSUMER, "slow consumer; resume to catch up", wait=self._send_timeout
+        )
 
     # --------------------------------------------------------------- lifecycle
 
     async def run(self) -> None:
+        self._main = asyncio.current_task()
         self.registry.add(self)
+        self.metrics.connections_opened.inc()
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            if not self._abandoned:
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        finally:
+            self.registry.discard(self)
+            for task in (self._writer, self._watcher):
+                if task is not None and task is not asyncio.current_task():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+            if self._sub is not None:
+                self.store.unsubscribe(self._sub)
+            if self.holds_slot and self.limiter is not None and self.who is not None:
+                with contextlib.suppress(Exception):
+                    await self.limiter.close_connection(self.who, self.conn_id)
+
+    async def _run(self) -> None:
         try:
             hello = await self._await_hello()
             if hello is None:
@@ -118,17 +267,32 @@ class Connection:
             await self._open(hello)
             if self.closed:
                 return
+            if self.identity is not None and self.auth is not None:
+                self._watcher = asyncio.create_task(self._watch_token(), name=f"ws-auth-{self.conn_id}")
             await self._receive_loop()
         except WebSocketDisconnect:
             pass
-        finally:
-            self.registry.discard(self)
-            if self._writer is not None:
-                self._writer.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await self._writer
-            if self._sub is not None:
-                self.store.unsubscribe(self._sub)
+        except SlowPeer:
+            await self._close_slow()
+
+    async def _watch_token(self) -> None:
+        """Close with 4001 (after an ``unauthorized`` error) once the token expires."""
+        assert self.identity is not None and self.auth is not None
+        interval = self.settings.auth_revalidate_ms / 1000
+        while not self.closed:
+            remaining = self.identity.expires_at + self.auth.leeway - time.time()
+            await asyncio.sleep(max(0.0, min(interval, remaining)))
+            if self.closed:
+                return
+            if not self.auth.still_valid(self.identity):
+                self.metrics.auth_failures.inc()
+                try:
+                    await self.send_error(Unauthorized("token expired; reconnect with a fresh token"))
+                except SlowPeer:
+                    await self._close_slow()
+                    return
+                await self.close(CloseCode.UNAUTHORIZED, "token expired")
+                return
 
     async def _receive(self) -> str | None:
         """The next text frame; None when the client left. A binary frame is answered as invalid."""
@@ -167,7 +331,11 @@ class Connection:
         return msg
 
     def _principal(self, hello: Hello) -> Principal:
-        if self.settings.auth_jwt_secret or self.settings.auth_jwt_public_key:
+        """With auth on, the verified token alone says who this is; ``hello.metadata`` never does."""
+        if self.auth is not None:
+            self.identity = self.auth.verify(hello.token)
+            return self.identity.principal
+        if self.settings.auth_enabled:
             from .auth import principal_from_token
 
             return principal_from_token(hello.token, self.settings)
@@ -180,13 +348,28 @@ class Connection:
 
     async def _open(self, hello: Hello) -> None:
         self.trace_id = trace_id_from(hello.metadata, self.ws.headers)
+        logs.bind(trace_id=self.trace_id)
+        resuming = bool(hello.session_id)
         try:
-            who = self._principal(hello)
+            who = self.who = self._principal(hello)
+            if self.limiter is not None:
+                refusal = await self.limiter.open_connection(who, self.conn_id)
+                if refusal is not None:
+                    self.metrics.rate_limited.labels(refusal.kind, refusal.scope).inc()
+                    raise refusal_error(refusal, ref={"type": "hello"})
+                self.holds_slot = True
             if hello.session_id:
                 opened = await self.service.resume(who, hello.session_id, hello.resume_token)
             else:
+                if self.limiter is not None:
+                    refusal = await self.limiter.new_session(who)
+                    if refusal is not None:
+                        self.metrics.rate_limited.labels(refusal.kind, refusal.scope).inc()
+                        raise refusal_error(refusal, ref={"type": "hello"})
                 opened = await self.service.open(who)
+                self.metrics.sessions_created.inc()
             self.session_id = opened.session_id
+            logs.bind(session_id=opened.session_id)
             self._sub = await self.store.subscribe(opened.session_id, self.settings.send_buffer_events)
             after = (hello.last_seq or 0) if opened.resumed else 0
             rec = await self.store.get_session(opened.session_id)
@@ -197,15 +380,35 @@ class Connection:
                 )
             recovered = await self._replayable(opened.session_id, after, newest)
         except ParleyError as exc:
+            if isinstance(exc, Unauthorized):
+                self.metrics.auth_failures.inc()
+            if resuming:
+                outcome = "not_found" if isinstance(exc, SessionNotFound) else "refused"
+                self.metrics.resumes.labels(outcome).inc()
             await self.send_error(exc)
             code = {
                 ErrorCode.UNAUTHORIZED: CloseCode.UNAUTHORIZED,
                 ErrorCode.SESSION_NOT_FOUND: CloseCode.SESSION_NOT_FOUND,
+                ErrorCode.RATE_LIMITED: CloseCode.POLICY_VIOLATION,
             }.get(exc.code, CloseCode.BAD_HANDSHAKE if exc.code == ErrorCode.INVALID_MESSAGE else None)
             if code is None:  # store outage and the like: tell, then let the client retry
                 code = CloseCode.GOING_AWAY
             await self.close(code, exc.code)
             return
+        if resuming:
+            self.metrics.resumes.labels("replayed" if recovered else "snapshot").inc()
+        log.info(
+            "session ready",
+            extra={
+                "fields": {
+                    "tenant": who.tenant,
+                    "user": who.user,
+                    "resumed": opened.resumed,
+                    "recovered": recovered,
+                    "last_seq": newest,
+                }
+            },
+        )
         await self._send(
             encode(
                 SessionReady(
@@ -248,15 +451,13 @@ class Connection:
             async for batch in tail(self.store, self._sub, after, idle_timeout=interval):
                 if batch:
                     async with self._lock:
-                        for entry in batch:
-                            await self.ws.send_text(entry.data)
-                        self._last_sent = time.monotonic()
+                        await self._write([entry.data for entry in batch])
                     self.last_seq = batch[-1].seq
                 elif time.monotonic() - self._last_sent >= interval * 0.9:
                     hb = Heartbeat(ts=int(time.time() * 1000), last_seq=self.last_seq)
                     await self._send(encode(hb))
-        except (SlowConsumer, LogGap):
-            await self.close(CloseCode.SLOW_CONSUMER, "slow consumer; resume to catch up")
+        except (SlowPeer, SlowConsumer, LogGap):
+            await self._close_slow()
         except ParleyError as exc:  # store unreachable mid-tail: tell the client, let it resume
             await self.send_error(exc)
             await self.close(CloseCode.GOING_AWAY, exc.code)
@@ -269,11 +470,27 @@ class Connection:
         while not self.closed:
             text = await self._receive()
             try:
+                if self._frames is not None and (wait := self._frames.take()):
+                    self.metrics.rate_limited.labels("frames", "connection").inc()
+                    raise RateLimited(
+                        f"connection limit reached: {self.settings.frames_per_minute} frames per minute",
+                        retry_after_ms=wait,
+                    )
                 if text is None:
                     raise InvalidMessage("frames must be text (JSON)")
                 await self._handle(parse_client(text))
             except ParleyError as exc:
                 await self.send_error(exc)
+                if isinstance(exc, RateLimited) and self._strike():
+                    await self.close(CloseCode.POLICY_VIOLATION, "rate limits exceeded again and again")
+                    return
+
+    def _strike(self) -> bool:
+        """Count a rate_limited answer; True once there were ``abuse_strikes`` within the window."""
+        now = time.monotonic()
+        self._strikes = [t for t in self._strikes if now - t < STRIKE_WINDOW_S]
+        self._strikes.append(now)
+        return len(self._strikes) >= self.settings.abuse_strikes
 
     async def _handle(self, msg: Any) -> None:
         assert self.session_id is not None
@@ -285,6 +502,13 @@ class Connection:
                     "name": msg.response_format.name,
                     "schema": msg.response_format.json_schema,
                 }
+            if self.limiter is not None and self.who is not None:
+                refusal = await self.limiter.take_message(self.who)
+                if refusal is not None:
+                    self.metrics.rate_limited.labels(refusal.kind, refusal.scope).inc()
+                    raise refusal_error(
+                        refusal, ref={"type": "message.send", "client_msg_id": msg.client_msg_id}
+                    )
             trace = msg.metadata.get("trace_id")
             dup = await self.service.send(
                 self.session_id,
@@ -309,6 +533,14 @@ class Connection:
 async def websocket_endpoint(ws: WebSocket) -> None:
     state = ws.app.state.parley
     settings: Settings = state.settings
+    if any(name.lower() in TOKEN_PARAMS for name in ws.query_params):
+        # refused even with auth off: a URL ends up in proxy, browser and server logs
+        state.metrics.auth_failures.inc()
+        body = error_event(
+            Unauthorized("tokens are accepted only in hello.token, never in the URL")
+        ).model_dump(exclude_none=True)
+        await ws.send_denial_response(JSONResponse(body, status_code=401))
+        return
     offered = ws.scope.get("subprotocols") or []
     if offered and PROTOCOL_VERSION not in offered:
         body = error_event(UnsupportedVersion()).model_dump(exclude_none=True)
@@ -321,5 +553,13 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         await ws.send_denial_response(PlainTextResponse("server restarting", status_code=503))
         return
     await ws.accept(subprotocol=PROTOCOL_VERSION if offered else None)
-    conn = Connection(ws, state.service, settings, state.connections)
+    conn = Connection(
+        ws,
+        state.service,
+        settings,
+        state.connections,
+        auth=state.auth,
+        limiter=state.limiter,
+        metrics=state.metrics,
+    )
     await conn.run()

@@ -16,6 +16,7 @@ that matters, and a limiter must not turn a Redis blip into an outage.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -23,7 +24,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from sessions import keys
 
@@ -31,6 +32,9 @@ from .service import Principal
 from .settings import Settings
 
 log = logging.getLogger("parley.limits")
+
+#: The store URL scheme of Redis Cluster (as in ``sessions.redis_store``).
+CLUSTER_SCHEME = "redis+cluster://"
 
 Kind = Literal["messages", "tokens", "connections", "sessions"]
 Scope = Literal["user", "tenant"]
@@ -342,11 +346,16 @@ class RedisLimiter:
 
     def __init__(self, url: str, limits: Limits) -> None:
         import redis.asyncio as aioredis
+        from redis.asyncio.cluster import RedisCluster
 
         self.limits = limits
-        self._r = aioredis.Redis.from_url(
-            url, decode_responses=True, socket_timeout=2.0, socket_connect_timeout=1.0, max_connections=16
-        )
+        options: dict[str, Any] = dict(decode_responses=True, socket_timeout=2.0, socket_connect_timeout=1.0)
+        self.cluster = url.startswith(CLUSTER_SCHEME)
+        self._r: Any
+        if self.cluster:  # every script's keys share the tenant's hash tag: one slot per call
+            self._r = RedisCluster.from_url("redis://" + url[len(CLUSTER_SCHEME) :], **options)
+        else:
+            self._r = aioredis.Redis.from_url(url, max_connections=16, **options)
         self._scripts = {
             name: self._r.register_script(src)
             for name, src in (
@@ -427,6 +436,11 @@ class RedisLimiter:
 
         script = self._scripts["keep"]
         try:
+            if self.cluster:  # scripts cannot be pipelined across nodes
+                await asyncio.gather(
+                    *(script(keys=[self._conns_key(w)], args=[c, keys.CONNECTION_TTL_MS]) for w, c in conns)
+                )
+                return
             async with self._r.pipeline(transaction=False) as pipe:
                 for who, cid in conns:
                     await script(keys=[self._conns_key(who)], args=[cid, keys.CONNECTION_TTL_MS], client=pipe)
@@ -450,6 +464,6 @@ def open_limiter(settings: Settings) -> Limiter | None:
     if not settings.identity_limits_enabled:
         return None
     limits = Limits.from_settings(settings)
-    if settings.store.startswith(("redis://", "rediss://", "unix://")):
+    if settings.store.startswith(("redis://", "rediss://", "unix://", CLUSTER_SCHEME)):
         return RedisLimiter(settings.store, limits)
     return MemoryLimiter(limits)
