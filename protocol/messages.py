@@ -120,6 +120,7 @@ class ErrorInfo(_Server):
     code: ErrorCode
     message: str
     retryable: bool
+    retry_after_ms: int | None = None
 
 
 class SessionReady(_Server):

@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol import encode
-from protocol.errors import ErrorCode, ParleyError, PolicyRefusal, SchemaValidationFailed
+from protocol.errors import (
+    ErrorCode,
+    ParleyError,
+    PolicyRefusal,
+    SchemaValidationFailed,
+    UpstreamUnavailable,
+)
 from protocol.messages import ErrorInfo, ResponseCompleted, ResponseDelta, Usage
 from sessions import DeltaWrite, SessionStore
 
@@ -270,9 +276,9 @@ class Generations:
                     else SchemaValidationFailed("the output is not valid JSON")
                 )
         if finish_reason == "interrupted" and error is None:
-            from protocol.errors import UpstreamUnavailable
-
             error = UpstreamUnavailable("the response was interrupted; you may send it again")
+        if finish_reason == "content_filter" and error is None:
+            error = PolicyRefusal("the model's output was filtered")
         end = time.monotonic()
         usage = gen.usage or UsageReport(
             input_tokens=sum(len(m.content.split()) for m in gen.request.messages),
@@ -287,7 +293,12 @@ class Generations:
             latency_ms=round((end - gen.started) * 1000),
             error=None
             if error is None
-            else ErrorInfo(code=error.code, message=error.message, retryable=error.retryable),
+            else ErrorInfo(
+                code=error.code,
+                message=error.message,
+                retryable=error.retryable,
+                retry_after_ms=error.retry_after_ms,
+            ),
         )
 
     async def _finish(self, gen: Generation, completed: ResponseCompleted) -> None:
