@@ -86,9 +86,10 @@ def freezing_proxy() -> Iterator[Callable[[int], FreezingProxy]]:
 
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
+    import playwright.sync_api as sync_api
+
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"Chromium not found at {CHROMIUM} (set PARLEY_CHROMIUM)")
+        pytest.fail(f"Chromium not found at {CHROMIUM} (scripts/test installs it; or set PARLEY_CHROMIUM)")
     with sync_api.sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b

@@ -61,7 +61,7 @@ class Redis:
         self.dir = tempfile.mkdtemp(prefix="parley-browser-redis-")
         exe = shutil.which("redis-server")
         if not exe:
-            pytest.skip("redis-server is not installed")
+            pytest.fail("redis-server is not installed (scripts/test installs it)")
         self.proc = subprocess.Popen(
             [
                 exe,

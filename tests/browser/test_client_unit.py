@@ -15,7 +15,7 @@ def test_client_module_unit_tests_pass_under_node() -> None:
     """The client's reconnect/dedupe/watchdog/outbox logic passes its `node --test` suite."""
     node = shutil.which("node")
     if node is None:
-        pytest.skip("node is not installed")
+        pytest.fail("node is not installed")
     proc = subprocess.run(
         [node, "--test", str(HERE / "client_unit.test.mjs")],
         capture_output=True,
