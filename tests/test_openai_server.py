@@ -1,4 +1,4 @@
-"""The OpenAI provider end to end: Parley over a real socket, the `openai` package over real HTTP to a fake."""
+"""The OpenAI provider end to end: Parley over a real socket, the `openai` package over HTTP to a fake."""
 
 from __future__ import annotations
 
@@ -134,7 +134,7 @@ async def test_json_schema_output_valid_and_invalid(server: Any, fake: FakeOpenA
 
 
 async def test_profiles_pick_model_prompt_and_version(fake: FakeOpenAI, tmp_path: Path) -> None:
-    """A message's profile selects the upstream model, system prompt and params; started reports name@version."""
+    """A profile selects the upstream model, system prompt and params; started reports name@version."""
     profiles = tmp_path / "profiles.toml"
     profiles.write_text(
         """

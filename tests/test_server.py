@@ -332,3 +332,13 @@ async def test_echo_json_schema_output_is_parsed_and_valid(server: Any) -> None:
         reply = await c.ask("json please", response_format={"type": "json_schema", "schema": schema})
     assert reply.finish_reason == "stop"
     assert reply.completed["output"] == {"answer": "json please", "score": 1}
+
+
+async def test_unsatisfiable_schema_output_is_schema_validation_failed(server: Any) -> None:
+    """When the model's output does not validate, the response ends with error schema_validation_failed."""
+    schema = {"type": "object", "properties": {"code": {"type": "string", "pattern": "^[0-9]{6}$"}}}
+    async with ParleyClient(server.url) as c:
+        reply = await c.ask("no digits here", response_format={"type": "json_schema", "schema": schema})
+    assert reply.finish_reason == "error"
+    assert reply.completed["error"]["code"] == "schema_validation_failed"
+    assert reply.completed["error"]["retryable"] is False

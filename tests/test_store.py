@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -270,3 +271,28 @@ async def test_list_sessions_names_recently_active_sessions(store: SessionStore)
     assert await store.list_sessions(0) == ["s-old", "s-rated"]
     pages = [await store.list_sessions(0, offset=i, limit=1) for i in range(3)]
     assert pages == [["s-old"], ["s-rated"], []]
+
+
+async def test_sessions_expire_after_their_ttl(any_store_kind: str, request: object) -> None:
+    """Every key of an idle session expires with the session TTL; an expired session is not found."""
+    import time
+
+    from sessions import open_store
+
+    from .conftest import store_url
+
+    short = open_store(store_url(any_store_kind, request), session_ttl_ms=300)  # type: ignore[arg-type]
+    await short.start()
+    try:
+        sid = await new_session(short, "s-ttl")
+        await accept(short, sid)
+        await short.finish(sid, "r1", body=done("r1"), finish_reason="stop")
+        assert await short.get_session(sid) is not None
+        deadline = time.monotonic() + 5
+        while await short.get_session(sid) is not None:  # the behaviour under test is the passing of time
+            assert time.monotonic() < deadline, "session did not expire"
+            await asyncio.sleep(0.05)
+        assert await short.read(sid, 0, 10) == []
+        assert await short.history(sid) == []
+    finally:
+        await short.close()
