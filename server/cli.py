@@ -176,10 +176,24 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--admin-token", help="for --url (default PARLEY_ADMIN_TOKEN)")
     export.add_argument("--output", "-o", help="write here instead of stdout")
     export.set_defaults(func=_feedback_export)
+    loadtest = sub.add_parser(
+        "loadtest", add_help=False, help="load-test a Parley URL (parley loadtest --help for its options)"
+    )
+    loadtest.add_argument("args", nargs=argparse.REMAINDER)
+    loadtest.set_defaults(func=lambda a: _loadtest(a.args))
     return parser
 
 
+def _loadtest(argv: list[str]) -> int:
+    from loadtest.cli import main as loadtest_main
+
+    return int(loadtest_main(argv))
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["loadtest"]:  # the load-test tool owns its own flags (including --help)
+        return _loadtest(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

@@ -14,6 +14,11 @@ from .support import RedisCluster, RedisServer, live_server
 STORE_KINDS = ["memory", "redis"]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Browser tests (sync Playwright) run last, after every asyncio test."""
+    items.sort(key=lambda item: "tests/browser/" in str(item.path).replace("\\", "/"))
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     server = RedisServer()

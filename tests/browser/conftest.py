@@ -84,8 +84,10 @@ def freezing_proxy() -> Iterator[Callable[[int], FreezingProxy]]:
 # ------------------------------------------------------------------- browser
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Module-scoped: sync Playwright keeps its event loop current while open, which async tests
+    in other modules must not inherit."""
     import playwright.sync_api as sync_api
 
     if not Path(CHROMIUM).exists():
