@@ -117,6 +117,7 @@ def summary_table(report: dict[str, Any]) -> Table:
     lat = report["latency_ms"]
     for metric, label, ps in (
         ("ttft", "time to first token", ("p50", "p95", "p99")),
+        ("server_ttft", "  of which in the server (its ttft_ms)", ("p50", "p99")),
         ("gap", "inter-token gap", ("p50", "p99")),
         ("delivery", "delivery latency (append -> receive)", ("p50", "p99")),
         ("schedule_lag", "lag behind the token pace", ("p50", "p99")),

@@ -150,6 +150,8 @@ class LoadSession:
             if ev.get("response_id") == self.response_id:
                 self._completed(ev, mono)
         elif kind == "session.ready":
+            if self._resume_start is not None:  # caught up once we hold what the log held at ready
+                self._catch_up_to = int(ev.get("last_seq") or 0)
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(ev)
         elif kind == "message.duplicate":
@@ -223,6 +225,9 @@ class LoadSession:
             counts["tokens_missing"] += max(expected - received, 0)
         t_rel = mono - self.ctx.t0
         st.observe("turn", t_rel, (mono - self.sent_at) * 1000)
+        server_ttft = ev.get("ttft_ms")
+        if isinstance(server_ttft, int | float) and not self.disrupted:
+            st.observe("server_ttft", t_rel, server_ttft)
         if self.arrivals and reason == "stop":
             self._schedule_lag(t_rel)
         if reason != "stop":
@@ -352,10 +357,6 @@ class LoadSession:
             self.stats.counts["connected"] += 1
             self.stats.counts["live"] += 1
             self._live = True
-        elif self._resume_start is not None:
-            self._catch_up_to = int(ready.get("last_seq") or 0)
-            if self.last_seq >= self._catch_up_to:
-                self._caught_up(now)
 
     async def _resume(self, planned: bool) -> None:
         """Reconnect with hello{session_id, resume_token, last_seq}, with back-off on failure."""

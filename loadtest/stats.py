@@ -139,6 +139,7 @@ class Reservoir:
 #: The latency figures a run records, all in milliseconds.
 METRICS = (
     "ttft",  # message.send -> first token of its response
+    "server_ttft",  # the server's own ttft_ms in response.completed (its share of ttft)
     "gap",  # between consecutive tokens of one response (0 for tokens that shared a frame)
     "delivery",  # server append (event "ts") -> client receive; needs server timestamps
     "schedule_lag",  # lateness of each token against a paced stream's schedule

@@ -42,13 +42,13 @@ def family(pids: list[int]) -> list[int]:
     return out
 
 
-def cpu_seconds(pids: list[int]) -> dict[int, float]:
-    """user + system CPU seconds consumed so far, per pid (utime + stime)."""
-    out: dict[int, float] = {}
+def cpu_seconds(pids: list[int]) -> dict[int, tuple[float, float]]:
+    """(user, system) CPU seconds consumed so far, per pid (utime, stime)."""
+    out: dict[int, tuple[float, float]] = {}
     for pid in pids:
         fields = _stat_fields(pid)
         if fields:
-            out[pid] = (int(fields[11]) + int(fields[12])) / _TICK
+            out[pid] = (int(fields[11]) / _TICK, int(fields[12]) / _TICK)
     return out
 
 
@@ -71,11 +71,13 @@ class ServerProbe:
 
     def __init__(self, pids: list[int]) -> None:
         self.pids = pids
-        self._cpu0: dict[int, float] = {}
+        self._cpu0: dict[int, tuple[float, float]] = {}
         self.rss_start_kb = 0
         self.rss_loaded_kb: int | None = None
         self.rss_end_kb = 0
         self.cpu_s = 0.0
+        self.user_s = 0.0
+        self.system_s = 0.0
         self.tracked: list[int] = []
 
     def start(self) -> None:
@@ -89,13 +91,17 @@ class ServerProbe:
 
     def stop(self) -> None:
         now = cpu_seconds(self.tracked)
-        self.cpu_s = sum(now[p] - self._cpu0.get(p, 0.0) for p in now)
+        self.user_s = sum(u - self._cpu0.get(p, (0.0, 0.0))[0] for p, (u, _) in now.items())
+        self.system_s = sum(s - self._cpu0.get(p, (0.0, 0.0))[1] for p, (_, s) in now.items())
+        self.cpu_s = self.user_s + self.system_s
         self.rss_end_kb = rss_kb(self.tracked)
 
     def to_dict(self, tokens: int, connections: int) -> dict[str, Any]:
         out: dict[str, Any] = {
             "pids": self.tracked,
             "cpu_s": round(self.cpu_s, 3),
+            "user_s": round(self.user_s, 3),
+            "system_s": round(self.system_s, 3),
             "cpu_s_per_million_tokens": round(self.cpu_s / tokens * 1e6, 3) if tokens else None,
             "rss_start_kb": self.rss_start_kb,
             "rss_end_kb": self.rss_end_kb,

@@ -29,7 +29,7 @@ REPORT_KEYS = {
     "events", "heartbeats", "tokens", "frames", "tokens_per_frame", "tokens_per_s", "frames_per_s",
     "latency_ms", "resumes", "errors", "integrity", "client", "timeseries",
 }  # fmt: skip
-LATENCY_KEYS = {"ttft", "gap", "delivery", "schedule_lag", "resume", "connect", "turn"}
+LATENCY_KEYS = {"ttft", "server_ttft", "gap", "delivery", "schedule_lag", "resume", "connect", "turn"}
 
 
 def _config(url: str, **overrides: Any) -> LoadConfig:
