@@ -93,6 +93,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         auth=auth,
         limiter=limiter,
         metrics=metrics,
+        charges={},  # session_id -> the token charge of its last response, until it lands
     )
     metrics.watch(
         connections=lambda: len(connections),
@@ -125,9 +126,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
             },
         )
         if limiter is not None:
+            # registered before this task yields, so before any local reader sends response.completed:
+            # the session's next message.send waits for the charge (see Connection._handle)
             task = asyncio.get_running_loop().create_task(charge(gen))
             background.add(task)
+            state.charges[gen.session_id] = task
             task.add_done_callback(background.discard)
+            task.add_done_callback(
+                lambda t, sid=gen.session_id: (
+                    state.charges.pop(sid, None) if state.charges.get(sid) is t else None
+                )
+            )
 
     generations.on_finish.append(on_finish)
 

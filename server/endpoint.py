@@ -59,6 +59,9 @@ log = logging.getLogger("parley.ws")
 TOKEN_PARAMS = frozenset({"token", "access_token", "id_token", "jwt", "auth", "authorization", "bearer"})
 #: How long the close handshake may take before the connection is abandoned to the server.
 CLOSE_TIMEOUT_S = 2.0
+#: A reader whose store reads fail retries this often, for up to this long, before closing (1001).
+STORE_RETRY_S = 0.2
+STORE_OUTAGE_GRACE_S = 30.0
 #: The window in which ``abuse_strikes`` rate_limited answers close the connection (4029).
 STRIKE_WINDOW_S = 60.0
 
@@ -139,6 +142,7 @@ class Connection:
         auth: Authenticator | None = None,
         limiter: Limiter | None = None,
         metrics: Metrics | None = None,
+        charges: dict[str, asyncio.Task[None]] | None = None,
     ):
         self.ws = ws
         self.service = service
@@ -148,6 +152,7 @@ class Connection:
         self.auth = auth
         self.limiter = limiter
         self.metrics = metrics or Metrics()
+        self.charges = charges if charges is not None else {}
         self.conn_id = uuid.uuid4().hex
         self.session_id: str | None = None
         self.trace_id = ""
@@ -247,7 +252,6 @@ class Connection:
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
         finally:
-            self.registry.discard(self)
             for task in (self._writer, self._watcher):
                 if task is not None and task is not asyncio.current_task():
                     task.cancel()
@@ -258,6 +262,9 @@ class Connection:
             if self.holds_slot and self.limiter is not None and self.who is not None:
                 with contextlib.suppress(Exception):
                     await self.limiter.close_connection(self.who, self.conn_id)
+            self.registry.discard(self)  # last: leaving the registry means fully released
+            if self.session_id is not None:
+                log.info("connection ended", extra={"fields": {"last_seq": self.last_seq, "slow": self.slow}})
 
     async def _run(self) -> None:
         try:
@@ -447,22 +454,34 @@ class Connection:
         """Tail the log to the socket; heartbeat when idle; close slow consumers."""
         assert self._sub is not None and self.session_id is not None
         interval = self.settings.heartbeat_interval_ms / 1000
-        try:
-            async for batch in tail(self.store, self._sub, after, idle_timeout=interval):
-                if batch:
-                    async with self._lock:
-                        await self._write([entry.data for entry in batch])
-                    self.last_seq = batch[-1].seq
-                elif time.monotonic() - self._last_sent >= interval * 0.9:
-                    hb = Heartbeat(ts=int(time.time() * 1000), last_seq=self.last_seq)
-                    await self._send(encode(hb))
-        except (SlowPeer, SlowConsumer, LogGap):
-            await self._close_slow()
-        except ParleyError as exc:  # store unreachable mid-tail: tell the client, let it resume
-            await self.send_error(exc)
-            await self.close(CloseCode.GOING_AWAY, exc.code)
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            pass
+        self.last_seq = after
+        outage_since: float | None = None
+        while True:
+            try:
+                async for batch in tail(self.store, self._sub, self.last_seq, idle_timeout=interval):
+                    outage_since = None
+                    if batch:
+                        async with self._lock:
+                            await self._write([entry.data for entry in batch])
+                        self.last_seq = batch[-1].seq
+                    elif time.monotonic() - self._last_sent >= interval * 0.9:
+                        hb = Heartbeat(ts=int(time.time() * 1000), last_seq=self.last_seq)
+                        await self._send(encode(hb))
+            except (SlowPeer, SlowConsumer, LogGap):
+                await self._close_slow()
+            except ParleyError as exc:
+                # the store is unreachable: keep the socket and re-read from last_seq once it is back;
+                # only an outage longer than STORE_OUTAGE_GRACE_S closes (the client then resumes)
+                now = time.monotonic()
+                outage_since = outage_since or now
+                if now - outage_since < STORE_OUTAGE_GRACE_S:
+                    await asyncio.sleep(STORE_RETRY_S)
+                    continue
+                await self.send_error(exc)
+                await self.close(CloseCode.GOING_AWAY, exc.code)
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                pass
+            return
 
     # --------------------------------------------------------------- requests
 
@@ -503,6 +522,10 @@ class Connection:
                     "schema": msg.response_format.json_schema,
                 }
             if self.limiter is not None and self.who is not None:
+                pending = self.charges.get(self.session_id)
+                if pending is not None:  # the previous response's tokens count before this turn does
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(pending)
                 refusal = await self.limiter.take_message(self.who)
                 if refusal is not None:
                     self.metrics.rate_limited.labels(refusal.kind, refusal.scope).inc()
@@ -561,5 +584,6 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         auth=state.auth,
         limiter=state.limiter,
         metrics=state.metrics,
+        charges=state.charges,
     )
     await conn.run()

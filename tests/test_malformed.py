@@ -143,3 +143,23 @@ def test_fuzzed_frames_never_break_the_connection(proc: ServerProcess, frame: An
         still_usable(ws)
         ws.send('{"type":"response.cancel"}')  # idempotent, answers nothing when idle
         still_usable(ws)
+
+
+def test_no_traceback_and_no_internal_error_after_all_of_the_above(proc: ServerProcess) -> None:
+    """After every bad and fuzzed frame the server logged no traceback and answered no internal error."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    log = proc.log()
+    assert "Traceback" not in log and "Exception in ASGI application" not in log, log[-4000:]
+    metrics = httpx.get(f"{proc.http}/metrics", timeout=5).text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(metrics)
+        for s in family.samples
+    }
+    assert samples.get(("parley_errors_total", (("code", "invalid_message"),)), 0) > 0
+    assert samples.get(("parley_errors_total", (("code", "internal"),)), 0) == 0
+    assert not any(
+        name == "parley_connection_closes_total" and ("code", "1011") in labels for name, labels in samples
+    )
