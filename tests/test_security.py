@@ -466,6 +466,53 @@ async def test_frames_per_minute_is_enforced_per_connection() -> None:
         assert answers[-1]["code"] == "rate_limited" and answers[-1]["retry_after_ms"] > 0
 
 
+async def test_limiters_agree_on_every_backend(any_store_kind: str, request: pytest.FixtureRequest) -> None:
+    """Memory, Redis and Redis Cluster limiters give the same answers for buckets, debt and caps."""
+    from server.ratelimit import open_limiter
+    from server.service import Principal
+
+    from .conftest import store_url
+
+    limiter = open_limiter(
+        Settings(
+            store=store_url(any_store_kind, request),
+            identity_limits="on",
+            user_messages_per_minute=2,
+            tenant_messages_per_minute=3,
+            user_tokens_per_minute=60,
+            max_connections_per_user=1,
+            max_sessions_per_user=1,
+        )
+    )
+    assert limiter is not None
+    await limiter.start()
+    try:
+        a, b = Principal("t{1}", "a:u"), Principal("t{1}", "b")  # ids that would break naive key layouts
+        assert await limiter.take_message(a) is None
+        assert await limiter.take_message(a) is None
+        refused = await limiter.take_message(a)
+        assert refused is not None and (refused.kind, refused.scope) == ("messages", "user")
+        assert 25_000 <= refused.retry_after_ms <= 30_000
+        assert await limiter.take_message(b) is None  # the tenant's third
+        refused = await limiter.take_message(b)
+        assert refused is not None and refused.scope == "tenant"
+        c = Principal("t2", "c")
+        await limiter.charge_tokens(c, 200)  # 60 - 200, floored at one window's worth of debt: -60
+        refused = await limiter.take_message(c)
+        assert refused is not None and (refused.kind, refused.scope) == ("tokens", "user")
+        assert 60_000 <= refused.retry_after_ms <= 61_000
+        assert await limiter.open_connection(c, "conn-1") is None
+        assert await limiter.open_connection(c, "conn-1") is None  # the same connection again
+        assert (await limiter.open_connection(c, "conn-2")) is not None
+        await limiter.keep_connections([(c, "conn-1")])
+        await limiter.close_connection(c, "conn-1")
+        assert await limiter.open_connection(c, "conn-2") is None
+        assert await limiter.new_session(c) is None
+        assert (await limiter.new_session(c)) is not None
+    finally:
+        await limiter.close()
+
+
 # ------------------------------------------------------------------ slow consumers
 
 
