@@ -151,6 +151,17 @@ async def test_logs_are_json_with_ids_and_never_text_or_tokens(tmp_path: Path) -
     assert "Traceback" not in text
 
 
+def test_auth_off_is_announced_loudly_at_startup() -> None:
+    """Without a JWT key the server starts, and its first log lines warn that auth is off."""
+    proc = ServerProcess({"PARLEY_STORE": "memory://"})
+    proc.start()
+    try:
+        warnings = [json.loads(line) for line in proc.log().splitlines() if "AUTH IS OFF" in line]
+    finally:
+        proc.stop(signal.SIGKILL)
+    assert warnings and warnings[0]["level"] == "warning"
+
+
 async def rated_session(url: str, tenant: str, content: str, rating: str) -> tuple[str, str]:
     async with ParleyClient(url, metadata={"tenant_id": tenant, "user_id": f"user-{tenant}"}) as c:
         reply = await c.ask(content)
