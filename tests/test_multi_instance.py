@@ -202,6 +202,9 @@ async def test_redis_outage_gives_structured_errors_and_recovers(tmp_path: Any) 
         await c.connect()
         cid = await c.send("through the outage")
         await c.next_event("response.delta")
+        # a tab on B subscribed before the outage: its subscription must come back by itself
+        watcher = ParleyClient(b.url, session_id=c.session_id, resume_token=c.resume_token, auto_resume=False)
+        await watcher.connect()
         redis.stop(signal.SIGKILL)
         # an open connection stays open and answers with a structured, retryable error
         await c.send("while down", client_msg_id="down-1")
@@ -234,6 +237,21 @@ async def test_redis_outage_gives_structured_errors_and_recovers(tmp_path: Any) 
         async with ParleyClient(b.url, session_id=c.session_id, resume_token=c.resume_token, last_seq=0) as r:
             first = await r.next_event()
             assert first["seq"] == 1
+        # pub/sub is re-established on both: live cross-instance delivery and cancel work again
+        sid, tok = c.session_id, c.resume_token
+        async with ParleyClient(b.url, session_id=sid, resume_token=tok, last_seq=c.last_seq) as tab_b:
+            await c.send("after the outage, generated on A")
+            started = await tab_b.next_event("response.started", timeout=10)
+            await tab_b.next_event("response.delta", timeout=10)
+            await tab_b.cancel(started["response_id"])
+            done = await tab_b.next_event("response.completed", timeout=10)
+            assert done["finish_reason"] == "cancelled"
+        # the pre-outage watcher saw everything, live, without reconnecting
+        while watcher.last_seq < done["seq"]:
+            await watcher.next_event(timeout=10)
+        assert watcher.gaps == 0 and watcher.duplicates_dropped == 0 and watcher.resumes == 0
+        assert watcher.completed[started["response_id"]]["finish_reason"] == "cancelled"
+        await watcher.close()
         await c.close()
     finally:
         for p in procs:
