@@ -160,7 +160,7 @@ class _Progress:
         bad = sum(c[k] for k in ("lost", "duplicated", "out_of_order", "token_mismatch", "text_mismatch"))
         info = (
             f"sessions {live} live/{c['sessions_started']}  {rate:,.0f} tok/s  "
-            f"errors {sum(ctx.stats.errors.values())}  resumes {c['resumes']}"
+            f"errors {sum(ctx.stats.errors.values())}  failed {c['sessions_failed']}  resumes {c['resumes']}"
             + (f"  [red]integrity {bad}[/]" if bad else "")
         )
         done = (

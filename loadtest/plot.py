@@ -35,7 +35,8 @@ def plot(stats: Stats, report: dict[str, Any], path: str) -> None:
     lines = [
         f"sessions {s['sessions']['connected']}  turns {s['turns']['completed']}  tokens {s['tokens']}",
         f"tokens/s {s['tokens_per_s'] or 0:,.0f}  tokens/frame {s['tokens_per_frame']}",
-        f"errors {sum(s['errors'].values())}  resumes {s['resumes']['resumes']}",
+        f"errors {sum(s['errors'].values())}  failures {sum(s['failures'].values())}  "
+        f"resumes {s['resumes']['resumes']}",
         "integrity: "
         + ", ".join(f"{k}={v}" for k, v in s["integrity"].items() if k != "ok")
         + ("  OK" if s["integrity"]["ok"] else "  FAILED"),

@@ -86,6 +86,7 @@ def build_report(
             "latency_ms": st.hist["resume"].summary(),
         },
         "errors": dict(sorted(st.errors.items())),
+        "failures": dict(sorted(st.failures.items())),
         "integrity": integrity,
         "client": {"cpu_s": round(client_cpu_s, 3), "processes": 1},
         "timeseries": {"bin_s": BIN_S, "tokens": st.tokens_per_bin},
@@ -132,8 +133,9 @@ def summary_table(report: dict[str, Any]) -> Table:
         t.add_row(f"{label} ms ({'/'.join(ps)})", " / ".join(_ms(h[p]) for p in ps))
     r = report["resumes"]
     t.add_row("drops / resumes / snapshots", f"{r['drops']} / {r['resumes']} / {r['snapshots']}")
-    errors = report["errors"]
-    t.add_row("errors", ", ".join(f"{k}={v}" for k, v in errors.items()) or "0")
+    errors, failures = report["errors"], report["failures"]
+    t.add_row("server errors by code", ", ".join(f"{k}={v}" for k, v in errors.items()) or "0")
+    t.add_row("session failures", ", ".join(f"{k}={v}" for k, v in failures.items()) or "0")
     integ = report["integrity"]
     style = "green" if integ["ok"] else "bold red"
     t.add_row(

@@ -212,6 +212,9 @@ async def _run_steps(
             "p99_ms": None if p99 is None else round(p99, 3),
             "p50_ms": None if not window.count else round(window.percentile(50) or 0, 3),
             "samples": window.count,
+            "p99_by_metric_ms": {
+                m: round(h.percentile(99) or 0, 3) for m, h in ctx.windows.items() if h.count
+            },
             "tokens_per_s": round((counts["tokens"] - tokens0) / elapsed, 1),
             "sessions_failed": counts["sessions_failed"] - failed0,
         }

@@ -457,7 +457,7 @@ class LoadSession:
         try:
             await self.connect(resume=False)
         except (OSError, HandshakeError, TimeoutError, SessionFailed) as exc:
-            self.stats.errors[_error_code(exc, "connect")] += 1
+            self.stats.failures[_error_code(exc, "connect")] += 1
             self.stats.counts["sessions_failed"] += 1
             return
         try:
@@ -469,12 +469,12 @@ class LoadSession:
                     await asyncio.sleep(self.cfg.think_s)
             self.stats.counts["sessions_completed"] += 1
         except SessionFailed as exc:
-            self.stats.errors[exc.code] += 1
+            self.stats.failures[exc.code] += 1
             self.stats.counts["sessions_failed"] += 1
             self.stats.counts["turns_failed"] += 1
         except asyncio.CancelledError:
             if self._done is not None and not self._done.done():
-                self.stats.errors["deadline"] += 1
+                self.stats.failures["deadline"] += 1
                 self.stats.counts["turns_failed"] += 1
             raise
         finally:
@@ -488,7 +488,7 @@ class LoadSession:
         try:
             await self.connect(resume=False)
         except (OSError, HandshakeError, TimeoutError, SessionFailed) as exc:
-            self.stats.errors[_error_code(exc, "connect")] += 1
+            self.stats.failures[_error_code(exc, "connect")] += 1
             self.stats.counts["sessions_failed"] += 1
             return
         finally:
@@ -497,7 +497,7 @@ class LoadSession:
             assert self._closed is not None
             await asyncio.wait({until, self._closed}, return_when="FIRST_COMPLETED")
             if self._closed.done():
-                self.stats.errors[f"closed:{self._closed.result()}"] += 1
+                self.stats.failures[f"closed:{self._closed.result()}"] += 1
                 self.stats.counts["sessions_failed"] += 1
             else:
                 self.stats.counts["sessions_completed"] += 1

@@ -158,7 +158,8 @@ class Stats:
         default_factory=lambda: {m: Reservoir(seed=i) for i, m in enumerate(METRICS)}
     )
     counts: Counter[str] = field(default_factory=Counter)
-    errors: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)  # server ``error`` events, by code
+    failures: Counter[str] = field(default_factory=Counter)  # why sessions ended early (client side)
     #: tokens received per ``BIN_S`` since the run's start (throughput over time)
     tokens_per_bin: list[int] = field(default_factory=list)
 
@@ -179,6 +180,7 @@ class Stats:
             self.samples[m].merge(other.samples[m])
         self.counts.update(other.counts)
         self.errors.update(other.errors)
+        self.failures.update(other.failures)
         for i, n in enumerate(other.tokens_per_bin):
             self.count_tokens_at((i + 0.5) * BIN_S, n)
 
@@ -189,6 +191,7 @@ class Stats:
             "samples": {m: r.points for m, r in self.samples.items()},
             "counts": dict(self.counts),
             "errors": dict(self.errors),
+            "failures": dict(self.failures),
             "tokens_per_bin": self.tokens_per_bin,
         }
 
@@ -201,5 +204,6 @@ class Stats:
                 s.samples[m].add(t, v)
         s.counts = Counter(d["counts"])
         s.errors = Counter(d["errors"])
+        s.failures = Counter(d.get("failures", {}))
         s.tokens_per_bin = list(d["tokens_per_bin"])
         return s

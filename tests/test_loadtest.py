@@ -27,7 +27,7 @@ from .support import ROOT, ServerProcess, live_server
 REPORT_KEYS = {
     "report_version", "tool", "started_at", "settings", "machine", "wall_s", "active_s", "sessions", "turns",
     "events", "heartbeats", "tokens", "frames", "tokens_per_frame", "tokens_per_s", "frames_per_s",
-    "latency_ms", "resumes", "errors", "integrity", "client", "timeseries",
+    "latency_ms", "resumes", "errors", "failures", "integrity", "client", "timeseries",
 }  # fmt: skip
 LATENCY_KEYS = {"ttft", "server_ttft", "gap", "delivery", "schedule_lag", "resume", "connect", "turn"}
 
@@ -113,7 +113,7 @@ async def test_chaos_drops_resume_without_loss_on_redis(redis_url: str) -> None:
     assert report["resumes"]["latency_ms"]["count"] == report["resumes"]["resumes"]
     assert report["turns"]["completed"] == 8
     assert report["integrity"]["ok"], report["integrity"]
-    assert report["errors"] == {}
+    assert report["errors"] == {} and report["failures"] == {}
 
 
 async def test_random_chaos_points_keep_integrity(redis_url: str) -> None:
@@ -150,13 +150,13 @@ async def test_step_mode_reports_steps_and_capacity() -> None:
 
 
 async def test_refused_handshake_is_reported_not_raised() -> None:
-    """A server that refuses the subprotocol makes connect errors, and the run measures nothing."""
+    """A refused upgrade raises HandshakeError; in a run it is a connect failure and nothing is measured."""
     async with live_server(store="memory://") as srv:
         with pytest.raises(HandshakeError):
             await open_ws(srv.url, lambda *a: None, lambda c: None, subprotocol="parley.v0")
         report, _ = await run_load(_config(srv.url.replace("/v1/ws", "/nope"), sessions=2, turns=1))
     assert report["sessions"]["failed"] == 2
-    assert sum(report["errors"].values()) == 2
+    assert report["failures"] == {"connect:http_403": 2}
     assert exit_code(report) != EXIT_OK
 
 
