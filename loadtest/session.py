@@ -323,10 +323,12 @@ class LoadSession:
         loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
         self._closed = loop.create_future()
-        started = time.perf_counter()
         gate = self.ctx.connect_gate
         if gate is not None:
             await gate.acquire()
+        started = time.perf_counter()  # after the client's own gate: only the server's time counts
+        if resume:
+            self._resume_start = started
         try:
             self.proto = await open_ws(
                 self.cfg.url,
@@ -367,7 +369,6 @@ class LoadSession:
             await asyncio.sleep(delay)
             self.resumes += 1
             self.stats.counts["resumes"] += 1
-            self._resume_start = time.perf_counter()
             try:
                 await self.connect(resume=True)
                 return
