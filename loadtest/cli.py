@@ -29,7 +29,17 @@ def build_parser() -> argparse.ArgumentParser:
         "(PARLEY_ECHO_TOKENS_PER_SECOND, PARLEY_ECHO_REPLY_TOKENS); tell this tool with "
         "--server-tokens-per-second and --reply-tokens so it can measure lag and spread chaos drops.",
     )
-    p.add_argument("--url", default=d.url, help="WebSocket URL (default %(default)s)")
+    p.add_argument(
+        "--url",
+        action="append",
+        help=f"WebSocket URL (default {d.url}); repeat for several instances of one deployment: "
+        "sessions are spread over them",
+    )
+    p.add_argument(
+        "--resume-elsewhere",
+        action="store_true",
+        help="after a drop, reconnect to the next --url (resume on another instance)",
+    )
     p.add_argument("-n", "--sessions", type=int, default=d.sessions, help="concurrent sessions")
     p.add_argument("-t", "--turns", type=int, default=d.turns, help="turns per session (0: idle connections)")
     p.add_argument("--ramp", type=float, default=d.ramp_s, help="seconds over which sessions start")
@@ -78,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> LoadConfig:
     return LoadConfig(
-        url=args.url,
+        url=(args.url or [LoadConfig.url])[0],
+        also_urls=(args.url or [])[1:],
+        resume_elsewhere=args.resume_elsewhere,
         sessions=args.sessions,
         turns=args.turns,
         ramp_s=args.ramp,
@@ -110,8 +122,10 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
 
 
 def _validate(cfg: LoadConfig) -> str | None:
-    if not cfg.url.startswith(("ws://", "wss://")):
+    if not all(u.startswith(("ws://", "wss://")) for u in cfg.urls):
         return "--url must be ws:// or wss://"
+    if cfg.resume_elsewhere and len(cfg.urls) < 2:
+        return "--resume-elsewhere needs at least two --url"
     if cfg.sessions < 1:
         return "--sessions must be at least 1"
     if cfg.turns < 0:

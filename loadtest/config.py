@@ -9,6 +9,9 @@ from typing import Any
 @dataclass
 class LoadConfig:
     url: str = "ws://127.0.0.1:8000/v1/ws"
+    #: more instances of the same deployment: sessions are spread over ``url`` and these
+    also_urls: list[str] = field(default_factory=list)
+    resume_elsewhere: bool = False  # reconnect to the next instance after a drop (cross-instance resume)
     sessions: int = 10  # concurrent sessions (the final count in step mode)
     turns: int = 3  # turns per session; 0 = idle connections held for ``hold_s``
     ramp_s: float = 0.0  # spread session starts evenly over this many seconds
@@ -42,6 +45,10 @@ class LoadConfig:
     # presentation
     progress: bool = True
     seed: int = 1
+
+    @property
+    def urls(self) -> list[str]:
+        return [self.url, *self.also_urls]
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -154,7 +154,7 @@ def summary_table(report: dict[str, Any]) -> Table:
             t.add_row("server memory per connection KiB", f"{sv['rss_per_connection_kb']}")
     if "redis" in report:
         rd = report["redis"]
-        t.add_row("redis commands per token", f"{rd['commands_per_token']}")
+        t.add_row("redis commands per token (incl. inside Lua)", f"{rd['commands_per_token']}")
     if report.get("capacity"):
         cap = report["capacity"]
         t.add_row(

@@ -76,6 +76,8 @@ class LoadSession:
         ctx.stats.counts["sessions_started"] += 1
         self.rng = random.Random(ctx.config.seed * 1_000_003 + index)
         self.proto: WireProtocol | None = None
+        urls = ctx.config.urls
+        self.url_index = index % len(urls)
         self._conn_no = 0
         self.session_id: str | None = None
         self.resume_token: str | None = None
@@ -330,8 +332,10 @@ class LoadSession:
         if resume:
             self._resume_start = started
         try:
+            if resume and self.cfg.resume_elsewhere:
+                self.url_index = (self.url_index + 1) % len(self.cfg.urls)
             self.proto = await open_ws(
-                self.cfg.url,
+                self.cfg.urls[self.url_index],
                 self._on_text,
                 lambda code: self._on_close(conn_no, code),
                 subprotocol=PROTOCOL,

@@ -125,6 +125,22 @@ async def test_random_chaos_points_keep_integrity(redis_url: str) -> None:
     assert report["integrity"]["ok"], report["integrity"]
 
 
+async def test_two_instances_resume_on_the_other_one(redis_url: str) -> None:
+    """Sessions spread over two instances; every drop resumes on the other one, losing nothing."""
+    settings = {"store": redis_url, "echo_tokens_per_second": 300, "echo_reply_tokens": 30}
+    async with live_server(**settings) as a, live_server(**settings) as b:
+        cfg = _config(
+            a.url, also_urls=[b.url], resume_elsewhere=True, sessions=6, turns=2, chaos=1.0, chaos_at=8,
+            reconnect_delay_s=0.02, reply_tokens=30,
+        )  # fmt: skip
+        report, _ = await run_load(cfg)
+    assert report["resumes"]["drops"] == 12
+    assert report["turns"]["completed"] == 12
+    assert report["settings"]["also_urls"] == [b.url]
+    assert report["integrity"]["ok"], report["integrity"]
+    assert report["failures"] == {}
+
+
 async def test_idle_mode_holds_connections_and_counts_heartbeats() -> None:
     """turns=0 opens every connection, holds it while heartbeats flow, then closes them all."""
     async with live_server(store="memory://", heartbeat_interval_ms=100) as srv:
