@@ -55,6 +55,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _die_with_parent() -> None:
+    """Child side (Linux): get SIGTERM when the benchmark process dies, even by SIGKILL or timeout."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _raise_fd_limit() -> None:
     """Children inherit this: 10,000 idle connections need more than the usual 1,024 descriptors."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -145,6 +155,7 @@ class Processes:
              "--dir", workdir, "--protected-mode", "no", "--maxclients", "20000"],
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
         )  # fmt: skip
         self.started.append(proc)
         r = Redis(port, proc)
@@ -165,7 +176,12 @@ class Processes:
         log_path = self.log_dir / f"{kind}{('-' + tag) if tag else ''}-{port}.log"
         log = open(log_path, "wb")
         proc = subprocess.Popen(
-            COMMANDS[kind], env=full_env, cwd=self.root, stdout=log, stderr=subprocess.STDOUT
+            COMMANDS[kind],
+            env=full_env,
+            cwd=self.root,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
         )
         self.started.append(proc)
 

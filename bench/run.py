@@ -21,6 +21,7 @@ import dataclasses
 import datetime as dt
 import json
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -692,6 +693,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGTERM unwinds like an exception, so every process this run started is stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     plan = QUICK if args.quick else FULL
     wanted = [b.strip().upper() for b in args.only.split(",")] if args.only else list(ALL)
     unknown = [b for b in wanted if b not in ALL]
