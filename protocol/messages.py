@@ -183,6 +183,7 @@ class ResponseDelta(_Server):
     type: Literal["response.delta"] = "response.delta"
     response_id: str
     text: str
+    ts: float | None = None  # append time, epoch ms (only with PARLEY_EVENT_TIMESTAMPS): delivery latency
 
 
 FinishReason = Literal["stop", "length", "cancelled", "interrupted", "content_filter", "error"]

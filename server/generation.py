@@ -78,9 +78,10 @@ class Generation:
 class DeltaWriter:
     """Batches pending text of all local generations into one store write per tick."""
 
-    def __init__(self, store: SessionStore, coalesce_ms: float = 0.0) -> None:
+    def __init__(self, store: SessionStore, coalesce_ms: float = 0.0, timestamps: bool = False) -> None:
         self.store = store
         self.coalesce_s = coalesce_ms / 1000
+        self.timestamps = timestamps
         self._pending: dict[Generation, list[str]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -119,9 +120,13 @@ class DeltaWriter:
                 continue
             gens = list(batch)
             texts = ["".join(batch[g]) for g in gens]
+            ts = round(time.time() * 1000, 3) if self.timestamps else None
             writes = [
                 DeltaWrite(
-                    g.session_id, g.response_id, t, encode(ResponseDelta(response_id=g.response_id, text=t))
+                    g.session_id,
+                    g.response_id,
+                    t,
+                    encode(ResponseDelta(response_id=g.response_id, text=t, ts=ts)),
                 )
                 for g, t in zip(gens, texts, strict=True)
             ]
@@ -154,7 +159,7 @@ class Generations:
     def __init__(self, store: SessionStore, settings: Settings) -> None:
         self.store = store
         self.settings = settings
-        self.writer = DeltaWriter(store, settings.coalesce_ms)
+        self.writer = DeltaWriter(store, settings.coalesce_ms, settings.event_timestamps)
         self.running: dict[tuple[str, str], Generation] = {}
         self._loops: list[asyncio.Task[None]] = []
         self.on_finish: list[Callable[[Generation, str], None]] = []

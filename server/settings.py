@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     allowed_origins: str = ""  # comma-separated origins allowed besides the server's own
 
     # generation
+    event_timestamps: bool = False  # stamp response.delta with its append time (load tests measure delivery)
     coalesce_ms: float = Field(0.0, ge=0)  # extra wait before each delta flush (0: flush when idle)
     lease_ms: int = Field(5_000, ge=500)  # a generation's lease; expiry means its process died
     lease_renew_ms: int = Field(1_500, ge=100)  # renew period, well under the lease

@@ -49,6 +49,8 @@ T = TypeVar("T")
 CLUSTER_SCHEME = "redis+cluster://"
 #: What a client is told to wait before retrying while Redis is unreachable.
 OUTAGE_RETRY_AFTER_MS = 1000
+#: Redis connections per process: enough for bursts of hellos; more would only queue inside Redis.
+MAX_CONNECTIONS = 64
 #: Socket timeouts: a dead Redis must surface as an error quickly, never as a hang.
 SOCKET_TIMEOUT_S = 2.0
 CONNECT_TIMEOUT_S = 1.0
@@ -108,7 +110,12 @@ class RedisStore:
             self._r: Any = RedisCluster.from_url(plain, **options)
             self._ps_client: Any = aioredis.Redis.from_url(plain, **options)
         else:
-            self._r = aioredis.Redis.from_url(url, max_connections=64, **options)
+            # a blocking pool: a burst of commands waits (up to the socket timeout) for a free
+            # connection instead of failing with MaxConnectionsError
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url, max_connections=MAX_CONNECTIONS, timeout=SOCKET_TIMEOUT_S, **options
+            )
+            self._r = aioredis.Redis(connection_pool=pool)
             self._ps_client = self._r
         self._scripts = {
             name: self._r.register_script(getattr(redis_lua, name))

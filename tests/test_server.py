@@ -342,3 +342,13 @@ async def test_unsatisfiable_schema_output_is_schema_validation_failed(server: A
     assert reply.finish_reason == "error"
     assert reply.completed["error"]["code"] == "schema_validation_failed"
     assert reply.completed["error"]["retryable"] is False
+
+
+async def test_delta_timestamps_only_when_enabled(server_factory: Any) -> None:
+    """response.delta carries its append time `ts` only with event_timestamps on."""
+    async with server_factory() as plain, ParleyClient(plain.url) as c:
+        deltas = [e for e in (await c.ask("x")).events if e["type"] == "response.delta"]
+        assert deltas and all("ts" not in d for d in deltas)
+    async with server_factory(event_timestamps=True) as stamped, ParleyClient(stamped.url) as c:
+        deltas = [e for e in (await c.ask("x")).events if e["type"] == "response.delta"]
+        assert deltas and all(isinstance(d["ts"], float) and d["ts"] > 1.7e12 for d in deltas)
