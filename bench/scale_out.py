@@ -107,6 +107,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "PARLEY_STORE": redis.url,
             "PARLEY_ECHO_TOKENS_PER_SECOND": "0",
             "PARLEY_ECHO_REPLY_TOKENS": str(args.tokens),
+            "PARLEY_EVENT_TIMESTAMPS": "true",  # deltas carry their append time: delivery latency
         }
         one = p.server("parley", env, tag="solo")
         results["one_instance"] = loadtest(
