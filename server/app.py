@@ -140,6 +140,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     generations.on_finish.append(on_finish)
 
+    async def watch_writes() -> None:
+        """Interrupt frame writes stuck past PARLEY_SEND_TIMEOUT_MS: those clients are slow consumers."""
+        period = max(0.05, settings.send_timeout_ms / 4000)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(period)
+            now = loop.time()
+            for conn in list(connections):
+                conn.interrupt_stalled_write(now)
+
     async def keep_connection_slots() -> None:
         """Refresh this instance's connection slots so a crash frees them within the slot TTL."""
         assert limiter is not None
@@ -153,6 +163,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await store.start()
         generations.start()
+        background.add(asyncio.create_task(watch_writes(), name="parley-write-watchdog"))
         if limiter is not None:
             await limiter.start()
             background.add(asyncio.create_task(keep_connection_slots(), name="parley-connection-slots"))

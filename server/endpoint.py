@@ -164,6 +164,9 @@ class Connection:
         self._lock = asyncio.Lock()
         self._last_sent = time.monotonic()
         self._send_timeout = settings.send_timeout_ms / 1000
+        self._write_deadline: float | None = None  # loop time by which the frame being written must leave
+        self._writing: asyncio.Task[Any] | None = None
+        self._stalled: asyncio.Task[Any] | None = None  # the writer the watchdog interrupted
         self._writer: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._main: asyncio.Task[Any] | None = None
@@ -181,17 +184,36 @@ class Connection:
             await self._write([text])
 
     async def _write(self, frames: list[str]) -> None:
-        """Write frames (lock held); each one must leave within the send timeout, else ``SlowPeer``."""
+        """Write frames (lock held); each must leave within the send timeout, else ``SlowPeer``.
+
+        No timer per frame (that would cost more than the write): the app's watchdog calls
+        ``interrupt_stalled_write`` for writes past their deadline.
+        """
         loop = asyncio.get_running_loop()
+        me = self._writing = asyncio.current_task()
         try:
-            async with asyncio.timeout(self._send_timeout) as deadline:
-                for text in frames:
-                    await self.ws.send_text(text)
-                    deadline.reschedule(loop.time() + self._send_timeout)
-        except TimeoutError:
+            for text in frames:
+                self._write_deadline = loop.time() + self._send_timeout
+                await self.ws.send_text(text)
+        except asyncio.CancelledError:
+            if self._stalled is None or self._stalled is not me:
+                raise
+            me.uncancel()  # type: ignore[union-attr]
             self.slow = True
             raise SlowPeer() from None
+        finally:
+            self._write_deadline = None
+            self._writing = None
         self._last_sent = time.monotonic()
+
+    def interrupt_stalled_write(self, now: float) -> bool:
+        """Watchdog hook: interrupt a frame write stuck past its deadline (the client stopped reading)."""
+        deadline, task = self._write_deadline, self._writing
+        if deadline is None or task is None or now <= deadline or self._stalled is not None:
+            return False
+        self._stalled = task
+        task.cancel()
+        return True
 
     async def send_error(self, exc: ParleyError) -> None:
         """Tell the client; a client gone meanwhile is no error, one that stopped reading is (SlowPeer)."""
