@@ -55,6 +55,7 @@ class Generation:
     on_done: Callable[[Generation], None] | None = None
     task: asyncio.Task[None] | None = None
     cancel_requested: bool = False
+    streaming: bool = False  # inside the model-reading part of the runner (interruptible)
     abandoned: bool = False  # another instance ended it: write nothing more
     logged_chars: int = 0
     text_parts: list[str] = field(default_factory=list)
@@ -65,9 +66,16 @@ class Generation:
     first_token: float | None = None
 
     def request_cancel(self) -> None:
-        """Stop reading the model; the runner then logs ``finish_reason: cancelled``."""
-        if not self.cancel_requested and self.task is not None and not self.task.done():
-            self.cancel_requested = True
+        """Stop reading the model; the runner then logs ``finish_reason: cancelled``.
+
+        The task is interrupted only while it reads the model: a task cancelled before its
+        first step would never run its ``finally`` (and never log a terminal event), and one
+        cancelled while logging its terminal event would lose it. Otherwise the flag suffices.
+        """
+        if self.cancel_requested:
+            return
+        self.cancel_requested = True
+        if self.streaming and self.task is not None and not self.task.done():
             self.task.cancel()
 
     def abandon(self) -> None:
@@ -220,7 +228,8 @@ class Generations:
         shutdown = False
         try:
             try:
-                if gen.cancel_requested:
+                gen.streaming = True
+                if gen.cancel_requested:  # asked before the model was even called
                     raise asyncio.CancelledError
                 async for ev in gen.provider.stream(gen.request):
                     if isinstance(ev, TextDelta):
@@ -252,6 +261,7 @@ class Generations:
                 log.exception("generation failed", extra={"response_id": gen.response_id})
                 await self._settle(gen)
                 finish_reason, error = "error", ParleyError()
+            gen.streaming = False
             if gen.abandoned:
                 return
             completed = self._completed(gen, finish_reason, error)
