@@ -2,7 +2,8 @@
 
 KEYS are a session's keys in ``keys.SESSION_KEYS`` order (meta, log, partial,
 history, msgids, responses, feedback); a script may take a prefix of them.
-ARGV[1..4] are always: log max length, events channel, instance id, session TTL (ms).
+ARGV[1..5] are always: log max length, events channel, instance id, session TTL (ms), and
+"1" when this instance's own pub/sub subscription to the events channel is confirmed.
 """
 
 # Shared prelude: append one event (stamping its seq by string splicing) and refresh TTLs.
@@ -11,7 +12,11 @@ local function append(body)
   local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
   local data = '{"seq":' .. seq .. ',' .. string.sub(body, 2)
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], seq .. '-0', 'd', data)
-  redis.call('PUBLISH', ARGV[2], ARGV[3] .. '\\n' .. data)
+  -- other instances learn of new events by pub/sub; when the only subscriber is this
+  -- instance itself (which delivers from memory), publishing would only echo back to it
+  if ARGV[5] ~= '1' or redis.call('PUBSUB', 'NUMSUB', ARGV[2])[2] > 1 then
+    redis.call('PUBLISH', ARGV[2], ARGV[3] .. '\\n' .. data)
+  end
   return {seq, data}
 end
 local function touch()
@@ -21,104 +26,104 @@ end
 
 CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'tenant', ARGV[5], 'user', ARGV[6], 'token', ARGV[7],
-  'created', ARGV[8], 'seq', 0)
+redis.call('HSET', KEYS[1], 'tenant', ARGV[6], 'user', ARGV[7], 'token', ARGV[8],
+  'created', ARGV[9], 'seq', 0)
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
 """
 
-# ARGV[5..] client_msg_id, message_id, response_id, user turn JSON, accepted body, started body,
+# ARGV[6..] client_msg_id, message_id, response_id, user turn JSON, accepted body, started body,
 #           now ms, lease ms, history max turns
 ACCEPT = (
     _PRELUDE
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
-local dup = redis.call('HGET', KEYS[5], ARGV[5])
+local dup = redis.call('HGET', KEYS[5], ARGV[6])
 if dup then return {'duplicate', dup} end
 local m = redis.call('HMGET', KEYS[1], 'active', 'lease')
 if m[1] then
-  if tonumber(m[2]) > tonumber(ARGV[11]) then return {'busy', m[1]} end
+  if tonumber(m[2]) > tonumber(ARGV[12]) then return {'busy', m[1]} end
   return {'stale', m[1]}
 end
-local a = append(ARGV[9])
-local s = append(ARGV[10])
-redis.call('HSET', KEYS[5], ARGV[5], a[1] .. '|' .. ARGV[6] .. '|' .. ARGV[7])
-redis.call('HSET', KEYS[1], 'active', ARGV[7], 'lease', tonumber(ARGV[11]) + tonumber(ARGV[12]))
+local a = append(ARGV[10])
+local s = append(ARGV[11])
+redis.call('HSET', KEYS[5], ARGV[6], a[1] .. '|' .. ARGV[7] .. '|' .. ARGV[8])
+redis.call('HSET', KEYS[1], 'active', ARGV[8], 'lease', tonumber(ARGV[12]) + tonumber(ARGV[13]))
 redis.call('HDEL', KEYS[1], 'cancel')
-redis.call('HSET', KEYS[6], ARGV[7], 'running')
-redis.call('RPUSH', KEYS[4], ARGV[8])
-redis.call('LTRIM', KEYS[4], -tonumber(ARGV[13]), -1)
+redis.call('HSET', KEYS[6], ARGV[8], 'running')
+redis.call('RPUSH', KEYS[4], ARGV[9])
+redis.call('LTRIM', KEYS[4], -tonumber(ARGV[14]), -1)
 redis.call('DEL', KEYS[3])
 touch()
 return {'accepted', a[1], a[2], s[1], s[2]}
 """
 )
 
-# KEYS meta, log, partial. ARGV[5..] response_id, text, delta body
+# KEYS meta, log, partial. ARGV[6..] response_id, text, delta body
 DELTA = (
     _PRELUDE
     + """
 local m = redis.call('HMGET', KEYS[1], 'active', 'cancel')
-if m[1] ~= ARGV[5] then return {0} end
-if m[2] == ARGV[5] then return {-1} end
-redis.call('APPEND', KEYS[3], ARGV[6])
-return append(ARGV[7])
+if m[1] ~= ARGV[6] then return {0} end
+if m[2] == ARGV[6] then return {-1} end
+redis.call('APPEND', KEYS[3], ARGV[7])
+return append(ARGV[8])
 """
 )
 
-# KEYS meta. ARGV[5..] response_id, new lease deadline ms
+# KEYS meta. ARGV[6..] response_id, new lease deadline ms
 RENEW = """
 local m = redis.call('HMGET', KEYS[1], 'active', 'cancel')
-if m[1] ~= ARGV[5] then return 'gone' end
-if m[2] == ARGV[5] then return 'cancel' end
-redis.call('HSET', KEYS[1], 'lease', ARGV[6])
+if m[1] ~= ARGV[6] then return 'gone' end
+if m[2] == ARGV[6] then return 'cancel' end
+redis.call('HSET', KEYS[1], 'lease', ARGV[7])
 return 'ok'
 """
 
-# ARGV[5..] response_id, completed body, finish reason, history max turns, expired_before ('' = any)
+# ARGV[6..] response_id, completed body, finish reason, history max turns, expired_before ('' = any)
 FINISH = (
     _PRELUDE
     + """
 local m = redis.call('HMGET', KEYS[1], 'active', 'lease')
-if m[1] ~= ARGV[5] then return {0} end
-if ARGV[9] ~= '' and tonumber(m[2]) > tonumber(ARGV[9]) then return {0} end
+if m[1] ~= ARGV[6] then return {0} end
+if ARGV[10] ~= '' and tonumber(m[2]) > tonumber(ARGV[10]) then return {0} end
 local text = redis.call('GET', KEYS[3]) or ''
-local turn = {role='assistant', id=ARGV[5], content=text, finish_reason=ARGV[7]}
+local turn = {role='assistant', id=ARGV[6], content=text, finish_reason=ARGV[8]}
 redis.call('RPUSH', KEYS[4], cjson.encode(turn))
-redis.call('LTRIM', KEYS[4], -tonumber(ARGV[8]), -1)
+redis.call('LTRIM', KEYS[4], -tonumber(ARGV[9]), -1)
 redis.call('DEL', KEYS[3])
 redis.call('HDEL', KEYS[1], 'active', 'lease', 'cancel')
-redis.call('HSET', KEYS[6], ARGV[5], ARGV[7])
-local e = append(ARGV[6])
+redis.call('HSET', KEYS[6], ARGV[6], ARGV[8])
+local e = append(ARGV[7])
 touch()
 return e
 """
 )
 
-# KEYS meta, log, partial, history, msgids, responses. ARGV[5..] response_id or '', control channel, sid
+# KEYS meta, log, partial, history, msgids, responses. ARGV[6..] response_id or '', control channel, sid
 CANCEL = """
 local active = redis.call('HGET', KEYS[1], 'active')
-local rid = ARGV[5]
+local rid = ARGV[6]
 if rid == '' then
   if not active then return {'idle', ''} end
   rid = active
 end
 if active == rid then
   redis.call('HSET', KEYS[1], 'cancel', rid)
-  redis.call('PUBLISH', ARGV[6], 'cancel\\t' .. ARGV[7] .. '\\t' .. rid)
+  redis.call('PUBLISH', ARGV[7], 'cancel\\t' .. ARGV[8] .. '\\t' .. rid)
   return {'cancelling', rid}
 end
 if redis.call('HEXISTS', KEYS[6], rid) == 1 then return {'finished', rid} end
 return {'unknown', rid}
 """
 
-# ARGV[5..] response_id, feedback JSON, feedback.recorded body
+# ARGV[6..] response_id, feedback JSON, feedback.recorded body
 FEEDBACK = (
     _PRELUDE
     + """
-if redis.call('HEXISTS', KEYS[6], ARGV[5]) == 0 then return {0} end
-redis.call('HSET', KEYS[7], ARGV[5], ARGV[6])
-local e = append(ARGV[7])
+if redis.call('HEXISTS', KEYS[6], ARGV[6]) == 0 then return {0} end
+redis.call('HSET', KEYS[7], ARGV[6], ARGV[7])
+local e = append(ARGV[8])
 touch()
 return e
 """

@@ -124,6 +124,7 @@ class RedisStore:
         self._cancel_callbacks: list[Callable[[str, str], None]] = []
         self._channels: set[str] = set()  # events channels we want subscribed
         self._confirmed: dict[str, asyncio.Future[None]] = {}
+        self._live: set[str] = set()  # events channels whose SUBSCRIBE Redis has confirmed
         self._pubsub: Any = None
         self._listener: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
@@ -151,11 +152,15 @@ class RedisStore:
         await self._r.ping()
 
     def _args(self, session_id: str, *extra: Any) -> list[Any]:
+        channel = keys.events_channel(session_id)
         return [
             self.log_max_len,
-            keys.events_channel(session_id),
+            channel,
             self.instance_id,
             self.session_ttl_ms,
+            # "1": our own subscription is confirmed, so the script may skip a PUBLISH that only
+            # this instance would receive (in a cluster NUMSUB is per node: always publish there)
+            "1" if channel in self._live and not self.cluster else "0",
             *extra,
         ]
 
@@ -407,6 +412,7 @@ class RedisStore:
     def _on_last_reader(self, session_id: str) -> None:
         channel = keys.events_channel(session_id)
         self._channels.discard(channel)
+        self._live.discard(channel)  # from now on every append publishes again
         self._confirmed.pop(channel, None)
         if self._pubsub is not None and self._connected.is_set():
             task = asyncio.get_running_loop().create_task(self._unsubscribe(channel))
@@ -442,6 +448,7 @@ class RedisStore:
             except Exception as exc:  # connection lost: rebuild and resync
                 self._connected.clear()
                 self._pubsub = None
+                self._live.clear()
                 for fut in self._confirmed.values():
                     if not fut.done():
                         fut.set_exception(UpstreamUnavailable("pub/sub lost"))
@@ -456,6 +463,8 @@ class RedisStore:
     def _dispatch(self, msg: dict[str, Any]) -> None:
         kind, channel = msg["type"], msg["channel"]
         if kind == "subscribe":
+            if channel in self._channels:
+                self._live.add(channel)
             fut = self._confirmed.get(channel)
             if fut is not None and not fut.done():
                 fut.set_result(None)

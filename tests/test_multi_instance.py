@@ -257,3 +257,28 @@ async def test_redis_outage_gives_structured_errors_and_recovers(tmp_path: Any) 
         for p in procs:
             p.stop(signal.SIGKILL)
         redis.stop()
+
+
+async def test_events_are_published_only_when_another_instance_listens(
+    pair: list[ServerProcess], redis_server: RedisServer
+) -> None:
+    """A session read only where it is generated publishes nothing; a reader on B turns publishing on."""
+
+    def publishes() -> int:
+        stats = redis_server.command("INFO", "commandstats")
+        line = next((x for x in stats.splitlines() if x.startswith("cmdstat_publish:")), "")
+        return int(line.split("calls=")[1].split(",")[0]) if line else 0
+
+    a, b = pair
+    async with ParleyClient(a.url) as c:
+        before = publishes()
+        await c.ask("local only")
+        assert publishes() == before  # the generating instance delivered from memory; no echo
+        sid, tok, seen = c.session_id, c.resume_token, c.last_seq
+        async with ParleyClient(b.url, session_id=sid, resume_token=tok, last_seq=seen) as tab:
+            reply = await c.ask("now B listens")
+            events = []
+            while not events or events[-1]["type"] != "response.completed":
+                events.append(await tab.next_event())
+            assert [e["seq"] for e in events] == [e["seq"] for e in reply.events]
+        assert publishes() > before
