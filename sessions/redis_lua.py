@@ -59,17 +59,36 @@ return {'accepted', a[1], a[2], s[1], s[2]}
 """
 )
 
-# KEYS meta, log, partial. ARGV[6..] response_id, text, delta body
-DELTA = (
-    _PRELUDE
-    + """
-local m = redis.call('HMGET', KEYS[1], 'active', 'cancel')
-if m[1] ~= ARGV[6] then return {0} end
-if m[2] == ARGV[6] then return {-1} end
-redis.call('APPEND', KEYS[3], ARGV[7])
-return append(ARGV[8])
+# Many deltas in one call (one round trip, one reply for a whole flush of the process).
+# KEYS: meta, log, partial of each write, in order. ARGV[1..3]: log max length, instance id,
+# session TTL (unused); then per write: events channel, self-subscribed flag, response_id, text,
+# body. Returns per write {seq, data}, {0} (response no longer active) or {-1} (cancel asked).
+# Writes of one session keep their order; in a cluster each call holds one session's writes.
+DELTAS = """
+local out = {}
+local w = 0
+for i = 4, #ARGV, 5 do
+  w = w + 1
+  local meta, log, partial = KEYS[3 * w - 2], KEYS[3 * w - 1], KEYS[3 * w]
+  local chan, flag, rid = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local m = redis.call('HMGET', meta, 'active', 'cancel')
+  if m[1] ~= rid then
+    out[w] = {0}
+  elseif m[2] == rid then
+    out[w] = {-1}
+  else
+    redis.call('APPEND', partial, ARGV[i + 3])
+    local seq = redis.call('HINCRBY', meta, 'seq', 1)
+    local data = '{"seq":' .. seq .. ',' .. string.sub(ARGV[i + 4], 2)
+    redis.call('XADD', log, 'MAXLEN', '~', ARGV[1], seq .. '-0', 'd', data)
+    if flag ~= '1' or redis.call('PUBSUB', 'NUMSUB', chan)[2] > 1 then
+      redis.call('PUBLISH', chan, ARGV[2] .. '\\n' .. data)
+    end
+    out[w] = {seq, data}
+  end
+end
+return out
 """
-)
 
 # KEYS meta. ARGV[6..] response_id, new lease deadline ms
 RENEW = """

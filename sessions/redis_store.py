@@ -119,7 +119,7 @@ class RedisStore:
             self._ps_client = self._r
         self._scripts = {
             name: self._r.register_script(getattr(redis_lua, name))
-            for name in ("CREATE", "ACCEPT", "DELTA", "RENEW", "FINISH", "CANCEL", "FEEDBACK", "SNAPSHOT")
+            for name in ("CREATE", "ACCEPT", "DELTAS", "RENEW", "FINISH", "CANCEL", "FEEDBACK", "SNAPSHOT")
         }
         self._cancel_callbacks: list[Callable[[str, str], None]] = []
         self._channels: set[str] = set()  # events channels we want subscribed
@@ -231,35 +231,32 @@ class RedisStore:
 
     @_guard
     async def append_deltas(self, writes: Sequence[DeltaWrite]) -> list[DeltaOutcome]:
-        """All writes in one pipelined round trip: the per-tick batch of every local generation."""
-        script = self._scripts["DELTA"]
+        """One script call for the whole per-tick batch of every local generation (one per session
+        in a cluster, where a call may only touch one slot)."""
+        script = self._scripts["DELTAS"]
+
+        async def call(batch: Sequence[DeltaWrite]) -> list[Any]:
+            ks: list[str] = []
+            args: list[Any] = [self.log_max_len, self.instance_id, self.session_ttl_ms]
+            for w in batch:
+                ks += keys.session_keys(w.session_id)[:3]
+                channel = keys.events_channel(w.session_id)
+                live = "1" if channel in self._live and not self.cluster else "0"
+                args += [channel, live, w.response_id, w.text, w.body]
+            return list(await script(keys=ks, args=args))
+
         if self.cluster:
-            # scripts cannot be pipelined across nodes: sessions run concurrently, each session's
-            # writes in order (their seqs must follow the order of the text)
-            async def one(w: DeltaWrite) -> Any:
-                return await script(
-                    keys=keys.session_keys(w.session_id)[:3],
-                    args=self._args(w.session_id, w.response_id, w.text, w.body),
-                )
-
-            async def in_order(batch: list[int]) -> list[tuple[int, Any]]:
-                return [(i, await one(writes[i])) for i in batch]
-
             by_session: dict[str, list[int]] = {}
             for i, w in enumerate(writes):
                 by_session.setdefault(w.session_id, []).append(i)
-            done = await asyncio.gather(*(in_order(b) for b in by_session.values()))
-            ordered: dict[int, Any] = dict(pair for chunk in done for pair in chunk)
+            groups = list(by_session.values())
+            done = await asyncio.gather(*(call([writes[i] for i in g]) for g in groups))
+            ordered = {
+                i: res for g, chunk in zip(groups, done, strict=True) for i, res in zip(g, chunk, strict=True)
+            }
             results = [ordered[i] for i in range(len(writes))]
         else:
-            async with self._r.pipeline(transaction=False) as pipe:
-                for w in writes:
-                    await script(
-                        keys=keys.session_keys(w.session_id)[:3],
-                        args=self._args(w.session_id, w.response_id, w.text, w.body),
-                        client=pipe,
-                    )
-                results = await pipe.execute()
+            results = await call(writes)
         out: list[DeltaOutcome] = []
         for w, res in zip(writes, results, strict=True):
             if len(res) == 1:
