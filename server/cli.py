@@ -27,6 +27,7 @@ def _serve(args: argparse.Namespace) -> int:
     config: dict[str, Any] = dict(
         host=settings.host,
         port=settings.port,
+        ws=settings.ws_impl,
         ws_max_size=settings.max_frame_bytes,
         ws_per_message_deflate=settings.ws_per_message_deflate,
         ws_ping_interval=settings.heartbeat_interval_ms / 1000,

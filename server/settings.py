@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     send_buffer_events: int = Field(4096, ge=16)  # events queued per connection before 4009
     send_timeout_ms: int = Field(10_000, ge=100)  # a frame write stalled this long: slow consumer, 4009
     ws_per_message_deflate: bool = False  # compression costs CPU per frame; off unless asked
+    ws_impl: str = "auto"  # uvicorn WebSocket implementation: auto (websockets-sansio), websockets, wsproto
     allowed_origins: str = ""  # comma-separated origins allowed besides the server's own
 
     # generation
