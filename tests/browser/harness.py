@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -23,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
+from ..support import RedisServer, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("PARLEY_ARTIFACTS_DIR", ROOT / "artifacts")) / "browser"
@@ -38,65 +37,17 @@ ECHO_ENV = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_ready(check: Callable[[], bool], timeout: float, what: str) -> None:
     """Bounded poll for a process to come up (start-up only, never to order test events)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    wait_until(check, timeout, what)
 
 
-class Redis:
-    """A throwaway redis-server on a free port (never 6379), no persistence."""
+class Redis(RedisServer):
+    """The suite's throwaway redis-server (free port, never 6379, no persistence), started at once."""
 
     def __init__(self) -> None:
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="parley-browser-redis-")
-        exe = shutil.which("redis-server")
-        if not exe:
-            pytest.fail("redis-server is not installed (scripts/test installs it)")
-        self.proc = subprocess.Popen(
-            [
-                exe,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.dir,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_ready(self._answers, 10, "redis-server")
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def _answers(self) -> bool:
-        if self.proc.poll() is not None:
-            raise RuntimeError("redis-server exited")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-        return False
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        super().__init__()
+        self.start()
 
 
 class Parley:
