@@ -10,7 +10,6 @@ and must catch up from the log (or be closed as a slow consumer).
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -26,7 +25,7 @@ class Subscriber:
     def __init__(self, session_id: str, max_pending: int) -> None:
         self.session_id = session_id
         self.max_pending = max_pending
-        self._buffer: deque[LogEntry] = deque()
+        self._buffer: list[LogEntry] = []  # a list, not a deque: 56 bytes idle instead of ~600
         self._waiter: asyncio.Future[None] | None = None
         self.overflowed = False
         self.resync = False
@@ -37,7 +36,7 @@ class Subscriber:
         self._buffer.extend(entries)
         if len(self._buffer) > self.max_pending:
             self.overflowed = True
-            self._buffer.clear()
+            self._buffer = []
         self._wake()
 
     def request_resync(self) -> None:
@@ -62,8 +61,7 @@ class Subscriber:
                 self._waiter = None
                 if timer is not None:
                     timer.cancel()
-        batch = list(self._buffer)
-        self._buffer.clear()
+        batch, self._buffer = self._buffer, []
         return batch
 
 
