@@ -33,6 +33,16 @@ def events_channel(session_id: str) -> str:
     return f"{PREFIX}:{{{session_id}}}:events"
 
 
+#: Per-process pub/sub channel nobody publishes to: its subscriber count (PUBSUB NUMSUB) tells an
+#: append script that the process's own pub/sub connection is alive, so an events channel with a
+#: single subscriber is known to have only that process listening (and publishing can be skipped).
+INSTANCE_CHANNEL_PREFIX = f"{PREFIX}:instance:"
+
+
+def instance_channel(instance_id: str) -> str:
+    return INSTANCE_CHANNEL_PREFIX + instance_id
+
+
 #: Global pub/sub channel for cross-instance control (cancel). Messages: "cancel\t<sid>\t<rid>".
 CONTROL_CHANNEL = f"{PREFIX}:control"
 

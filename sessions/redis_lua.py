@@ -6,15 +6,24 @@ ARGV[1..5] are always: log max length, events channel, instance id, session TTL 
 "1" when this instance's own pub/sub subscription to the events channel is confirmed.
 """
 
+from .keys import INSTANCE_CHANNEL_PREFIX
+
+_INSTANCE = f"local INSTANCE_PREFIX = '{INSTANCE_CHANNEL_PREFIX}'\n"
+
 # Shared prelude: append one event (stamping its seq by string splicing) and refresh TTLs.
-_PRELUDE = """
+_PRELUDE = (
+    _INSTANCE
+    + """
 local function append(body)
   local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
   local data = '{"seq":' .. seq .. ',' .. string.sub(body, 2)
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], seq .. '-0', 'd', data)
   -- other instances learn of new events by pub/sub; when the only subscriber is this
-  -- instance itself (which delivers from memory), publishing would only echo back to it
-  if ARGV[5] ~= '1' or redis.call('PUBSUB', 'NUMSUB', ARGV[2])[2] > 1 then
+  -- instance itself (which delivers from memory), publishing would only echo back to it.
+  -- "Only this instance": our subscription is confirmed (ARGV[5]), the channel has one
+  -- subscriber, and our pub/sub connection is alive (it alone holds our instance channel).
+  if ARGV[5] ~= '1' or redis.call('PUBSUB', 'NUMSUB', ARGV[2])[2] > 1
+      or redis.call('PUBSUB', 'NUMSUB', INSTANCE_PREFIX .. ARGV[3])[2] ~= 1 then
     redis.call('PUBLISH', ARGV[2], ARGV[3] .. '\\n' .. data)
   end
   return {seq, data}
@@ -23,6 +32,7 @@ local function touch()
   for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
 end
 """
+)
 
 CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -64,7 +74,9 @@ return {'accepted', a[1], a[2], s[1], s[2]}
 # session TTL (unused); then per write: events channel, self-subscribed flag, response_id, text,
 # body. Returns per write {seq, data}, {0} (response no longer active) or {-1} (cancel asked).
 # Writes of one session keep their order; in a cluster each call holds one session's writes.
-DELTAS = """
+DELTAS = (
+    _INSTANCE
+    + """
 local out = {}
 local w = 0
 for i = 4, #ARGV, 5 do
@@ -81,7 +93,8 @@ for i = 4, #ARGV, 5 do
     local seq = redis.call('HINCRBY', meta, 'seq', 1)
     local data = '{"seq":' .. seq .. ',' .. string.sub(ARGV[i + 4], 2)
     redis.call('XADD', log, 'MAXLEN', '~', ARGV[1], seq .. '-0', 'd', data)
-    if flag ~= '1' or redis.call('PUBSUB', 'NUMSUB', chan)[2] > 1 then
+    if flag ~= '1' or redis.call('PUBSUB', 'NUMSUB', chan)[2] > 1
+        or redis.call('PUBSUB', 'NUMSUB', INSTANCE_PREFIX .. ARGV[2])[2] ~= 1 then
       redis.call('PUBLISH', chan, ARGV[2] .. '\\n' .. data)
     end
     out[w] = {seq, data}
@@ -89,6 +102,7 @@ for i = 4, #ARGV, 5 do
 end
 return out
 """
+)
 
 # KEYS meta. ARGV[6..] response_id, new lease deadline ms
 RENEW = """

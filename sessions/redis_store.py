@@ -427,7 +427,9 @@ class RedisStore:
         while True:
             pubsub = self._ps_client.pubsub(ignore_subscribe_messages=False)
             try:
-                await pubsub.subscribe(keys.CONTROL_CHANNEL, *self._channels)
+                await pubsub.subscribe(
+                    keys.CONTROL_CHANNEL, keys.instance_channel(self.instance_id), *self._channels
+                )
                 self._pubsub = pubsub
                 self._connected.set()
                 if attempt:
