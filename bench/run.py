@@ -480,13 +480,20 @@ class Bench:
 def lua_commands(root: Path) -> set[str]:
     """Commands only Parley's Lua scripts issue (commandstats counts those too): not separate requests.
 
+    commandstats names container commands with their subcommand (``pubsub|numsub``), and so does this.
+
     A command the store also sends directly (``self._r.lrange(...)``, ``pipe.hmget(...)``) counts as a
     request every time: conservative.
     """
     lua = root / "sessions" / "redis_lua.py"
     store = root / "sessions" / "redis_store.py"
     inner = (
-        {m.lower() for m in re.findall(r"redis\.call\(\s*'([A-Za-z]+)'", lua.read_text())}
+        {
+            f"{cmd.lower()}|{sub.lower()}" if cmd.upper() == "PUBSUB" else cmd.lower()
+            for cmd, sub in re.findall(
+                r"redis\.call\(\s*'([A-Za-z]+)'(?:\s*,\s*'([A-Za-z]+)')?", lua.read_text()
+            )
+        }
         if lua.exists()
         else set()
     )
