@@ -42,6 +42,10 @@ WRITE_RETRY_S = 0.1
 FINISH_RETRY_S = 30.0
 
 
+#: What a client is told when a response's generating process stopped before it finished.
+INTERRUPTED_MESSAGE = "the response was interrupted; you may send it again"
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -291,7 +295,7 @@ class Generations:
                     else SchemaValidationFailed("the output is not valid JSON")
                 )
         if finish_reason == "interrupted" and error is None:
-            error = UpstreamUnavailable("the response was interrupted; you may send it again")
+            error = UpstreamUnavailable(INTERRUPTED_MESSAGE)
         if finish_reason == "content_filter" and error is None:
             error = PolicyRefusal("the model's output was filtered")
         end = time.monotonic()
@@ -380,7 +384,7 @@ def interrupted_event(response_id: str) -> ResponseCompleted:
         finish_reason="interrupted",
         error=ErrorInfo(
             code=ErrorCode.UPSTREAM_UNAVAILABLE,
-            message="the response was interrupted; you may send it again",
+            message=INTERRUPTED_MESSAGE,
             retryable=True,
         ),
     )

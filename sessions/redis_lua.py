@@ -8,25 +8,31 @@ ARGV[1..5] are always: log max length, events channel, instance id, session TTL 
 
 from .keys import INSTANCE_CHANNEL_PREFIX
 
-_INSTANCE = f"local INSTANCE_PREFIX = '{INSTANCE_CHANNEL_PREFIX}'\n"
+# One event appended to one session's log: the seq stamped by string splicing, then published
+# unless nobody but this instance listens. Other instances learn of new events by pub/sub; when
+# the only subscriber is this instance itself (which delivers from memory), publishing would only
+# echo back to it. "Only this instance": our subscription is confirmed (flag "1"), the channel has
+# one subscriber, and our pub/sub connection is alive (it alone holds our instance channel).
+_APPEND = f"""
+local INSTANCE_PREFIX = '{INSTANCE_CHANNEL_PREFIX}'
+local function append_to(meta, log, maxlen, chan, inst, flag, body)
+  local seq = redis.call('HINCRBY', meta, 'seq', 1)
+  local data = '{{"seq":' .. seq .. ',' .. string.sub(body, 2)
+  redis.call('XADD', log, 'MAXLEN', '~', maxlen, seq .. '-0', 'd', data)
+  if flag ~= '1' or redis.call('PUBSUB', 'NUMSUB', chan)[2] > 1
+      or redis.call('PUBSUB', 'NUMSUB', INSTANCE_PREFIX .. inst)[2] ~= 1 then
+    redis.call('PUBLISH', chan, inst .. '\\n' .. data)
+  end
+  return {{seq, data}}
+end
+"""
 
-# Shared prelude: append one event (stamping its seq by string splicing) and refresh TTLs.
+# Shared prelude of the single-session scripts: append to this session's log, refresh TTLs.
 _PRELUDE = (
-    _INSTANCE
+    _APPEND
     + """
 local function append(body)
-  local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-  local data = '{"seq":' .. seq .. ',' .. string.sub(body, 2)
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], seq .. '-0', 'd', data)
-  -- other instances learn of new events by pub/sub; when the only subscriber is this
-  -- instance itself (which delivers from memory), publishing would only echo back to it.
-  -- "Only this instance": our subscription is confirmed (ARGV[5]), the channel has one
-  -- subscriber, and our pub/sub connection is alive (it alone holds our instance channel).
-  if ARGV[5] ~= '1' or redis.call('PUBSUB', 'NUMSUB', ARGV[2])[2] > 1
-      or redis.call('PUBSUB', 'NUMSUB', INSTANCE_PREFIX .. ARGV[3])[2] ~= 1 then
-    redis.call('PUBLISH', ARGV[2], ARGV[3] .. '\\n' .. data)
-  end
-  return {seq, data}
+  return append_to(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[5], body)
 end
 local function touch()
   for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
@@ -75,7 +81,7 @@ return {'accepted', a[1], a[2], s[1], s[2]}
 # body. Returns per write {seq, data}, {0} (response no longer active) or {-1} (cancel asked).
 # Writes of one session keep their order; in a cluster each call holds one session's writes.
 DELTAS = (
-    _INSTANCE
+    _APPEND
     + """
 local out = {}
 local w = 0
@@ -90,14 +96,7 @@ for i = 4, #ARGV, 5 do
     out[w] = {-1}
   else
     redis.call('APPEND', partial, ARGV[i + 3])
-    local seq = redis.call('HINCRBY', meta, 'seq', 1)
-    local data = '{"seq":' .. seq .. ',' .. string.sub(ARGV[i + 4], 2)
-    redis.call('XADD', log, 'MAXLEN', '~', ARGV[1], seq .. '-0', 'd', data)
-    if flag ~= '1' or redis.call('PUBSUB', 'NUMSUB', chan)[2] > 1
-        or redis.call('PUBSUB', 'NUMSUB', INSTANCE_PREFIX .. ARGV[2])[2] ~= 1 then
-      redis.call('PUBLISH', chan, ARGV[2] .. '\\n' .. data)
-    end
-    out[w] = {seq, data}
+    out[w] = append_to(meta, log, ARGV[1], chan, ARGV[2], flag, ARGV[i + 4])
   end
 end
 return out

@@ -158,11 +158,14 @@ class RedisStore:
             channel,
             self.instance_id,
             self.session_ttl_ms,
-            # "1": our own subscription is confirmed, so the script may skip a PUBLISH that only
-            # this instance would receive (in a cluster NUMSUB is per node: always publish there)
-            "1" if channel in self._live and not self.cluster else "0",
+            self._self_subscribed(channel),
             *extra,
         ]
+
+    def _self_subscribed(self, channel: str) -> str:
+        """ "1": our own subscription is confirmed, so a script may skip a PUBLISH that only this
+        instance would receive (in a cluster NUMSUB is per node: always publish there)."""
+        return "1" if channel in self._live and not self.cluster else "0"
 
     # ------------------------------------------------------------ sessions
 
@@ -241,8 +244,7 @@ class RedisStore:
             for w in batch:
                 ks += keys.session_keys(w.session_id)[:3]
                 channel = keys.events_channel(w.session_id)
-                live = "1" if channel in self._live and not self.cluster else "0"
-                args += [channel, live, w.response_id, w.text, w.body]
+                args += [channel, self._self_subscribed(channel), w.response_id, w.text, w.body]
             return list(await script(keys=ks, args=args))
 
         if self.cluster:
