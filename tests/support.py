@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import uvicorn
 
+from client import ParleyClient
 from server.app import create_app
 from server.settings import Settings
 
@@ -272,3 +273,21 @@ class RedisCluster:
     def stop(self) -> None:
         for n in self.nodes:
             n.stop()
+
+
+async def reference_reply(url: str, content: str) -> tuple[str, int]:
+    """The uninterrupted reply to a one-turn conversation, and the number of events it logged."""
+    async with ParleyClient(url) as c:
+        reply = await c.ask(content)
+        return reply.text, c.last_seq
+
+
+async def read_logged(c: ParleyClient, k: int) -> list[int]:
+    """Read events until ``k`` logged ones arrived (at least one event); return their seqs."""
+    seqs: list[int] = []
+    async for ev in c.events():
+        if "seq" in ev:
+            seqs.append(ev["seq"])
+        if len(seqs) >= k:
+            break
+    return seqs

@@ -13,7 +13,7 @@ import pytest
 
 from client import ParleyClient
 
-from .support import RedisServer, ServerProcess
+from .support import RedisServer, ServerProcess, read_logged, reference_reply
 
 pytestmark = pytest.mark.slow
 
@@ -39,26 +39,16 @@ def pair(redis_url: str) -> Iterator[list[ServerProcess]]:
         p.stop(signal.SIGKILL)
 
 
-async def reference(url: str, content: str) -> str:
-    async with ParleyClient(url) as c:
-        return (await c.ask(content)).text
-
-
 async def test_resume_on_another_instance_at_random_drop_points(pair: list[ServerProcess]) -> None:
     """A client dropped from A resumes on B while A still generates: identical text, no gap, no duplicate."""
     a, b = pair
-    expected = await reference(a.url, "cross instance")
+    expected, _ = await reference_reply(a.url, "cross instance")
     rng = random.Random(1234)
     for k in sorted(rng.sample(range(1, 60), 8)):
         c = ParleyClient(a.url)
         await c.connect()
         cid = await c.send("cross instance")
-        seqs: list[int] = []
-        async for ev in c.events():
-            if "seq" in ev:
-                seqs.append(ev["seq"])
-            if len(seqs) >= k:
-                break
+        seqs = await read_logged(c, k)
         c.url = b.url  # the load balancer sends the reconnect elsewhere
         c.drop()
         reply = await c.collect(cid, timeout=20)
@@ -166,7 +156,7 @@ async def test_sigterm_drains_running_generation_then_client_resumes_elsewhere(r
         a.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
         reply = await c.collect(cid, timeout=20)
         assert reply.finish_reason == "stop"
-        assert reply.text == await reference(b.url, "drain me")
+        assert reply.text == (await reference_reply(b.url, "drain me"))[0]
         assert c.resumes >= 1 and c.gaps == 0 and c.duplicates_dropped == 0
         a.proc.wait(20)  # type: ignore[union-attr]
     finally:

@@ -14,7 +14,7 @@ import pytest
 
 from client import ParleyClient
 
-from .support import ROOT, ServerProcess, free_port, wait_until
+from .support import ROOT, ServerProcess, free_port, reference_reply, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -61,8 +61,7 @@ def balanced(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, list[ServerP
 async def test_resume_and_cancel_through_the_load_balancer(balanced: tuple[str, list[ServerProcess]]) -> None:
     """Through nginx round robin a dropped client resumes (on any replica) and a cancel from a tab works."""
     url, procs = balanced
-    async with ParleyClient(url) as ref:
-        expected = (await ref.ask("via nginx")).text
+    expected, _ = await reference_reply(url, "via nginx")
     c = ParleyClient(url)
     await c.connect()
     cid = await c.send("via nginx")

@@ -6,12 +6,7 @@ from typing import Any
 
 from client import ParleyClient
 
-
-async def reference_reply(url: str, content: str) -> tuple[str, int]:
-    """The uninterrupted reply (and its number of logged events) for a one-turn conversation."""
-    async with ParleyClient(url) as c:
-        reply = await c.ask(content)
-        return reply.text, c.last_seq
+from .support import read_logged, reference_reply
 
 
 async def test_resume_at_every_drop_point_yields_the_uninterrupted_reply(server: Any) -> None:
@@ -22,12 +17,7 @@ async def test_resume_at_every_drop_point_yields_the_uninterrupted_reply(server:
         c = ParleyClient(server.url)
         await c.connect()
         cid = await c.send("resume me please")
-        seqs: list[int] = []
-        async for ev in c.events():
-            if "seq" in ev:
-                seqs.append(ev["seq"])
-            if len(seqs) >= k:
-                break
+        seqs = await read_logged(c, k)
         c.drop()  # TCP abort mid-stream: no close handshake
         reply = await c.collect(cid, timeout=20)
         seqs += [e["seq"] for e in reply.events if "seq" in e]
