@@ -7,6 +7,7 @@ import contextlib
 import hmac
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -140,15 +141,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     generations.on_finish.append(on_finish)
 
-    async def watch_writes() -> None:
-        """Interrupt frame writes stuck past PARLEY_SEND_TIMEOUT_MS: those clients are slow consumers."""
-        period = max(0.05, settings.send_timeout_ms / 4000)
+    async def tend_connections() -> None:
+        """One ticker for every connection: heartbeats to idle ones, 4009 for writes stalled past
+        PARLEY_SEND_TIMEOUT_MS; cheaper than a timer per connection (docs/benchmarks.md, B5)."""
+        period = max(0.02, min(settings.send_timeout_ms, settings.heartbeat_interval_ms) / 4000)
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(period)
-            now = loop.time()
+            now, loop_now = time.monotonic(), loop.time()
             for conn in list(connections):
-                conn.interrupt_stalled_write(now)
+                conn.tick(now, loop_now)
 
     async def keep_connection_slots() -> None:
         """Refresh this instance's connection slots so a crash frees them within the slot TTL."""
@@ -163,7 +165,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await store.start()
         generations.start()
-        background.add(asyncio.create_task(watch_writes(), name="parley-write-watchdog"))
+        background.add(asyncio.create_task(tend_connections(), name="parley-connection-ticker"))
         if limiter is not None:
             await limiter.start()
             background.add(asyncio.create_task(keep_connection_slots(), name="parley-connection-slots"))

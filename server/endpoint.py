@@ -1,9 +1,14 @@
 """The ``/v1/ws`` endpoint: speaks the protocol over one WebSocket and nothing else.
 
 A connection is a reader of its session's log plus a handler of client frames.
-All frames leave through ``_send`` under one lock, so log events, heartbeats and
-errors never interleave mid-frame. Every write has a deadline (``send_timeout_ms``):
-a client that stops reading is a slow consumer and is closed with 4009, like one
+Once caught up it is *live*: the fan-out hands it each new event and it writes the
+frame into the transport at once (``server/inline.py``), with no task of its own.
+Everything else — the replay on open, events that arrive while another frame is
+being written, a hole in live delivery, a peer that pushes back — goes to a
+catch-up task that lives only until the connection is live again. Frames that
+could wait (errors, pongs) go through ``_send`` under one lock, which live
+delivery respects. Every blocked write has a deadline (``send_timeout_ms``): a
+client that stops reading is a slow consumer and is closed with 4009, like one
 whose bounded event buffer overflowed; its session and generation go on.
 """
 
@@ -43,11 +48,12 @@ from protocol.messages import (
     SessionSnapshot,
     Turn,
 )
-from sessions import LogGap, SlowConsumer, tail
+from sessions import LogEntry, LogGap, SlowConsumer, fresh, replay
 from sessions.fanout import Subscriber
 
 from . import logs
 from .auth import Authenticator, Identity
+from .inline import send_now
 from .metrics import Metrics
 from .ratelimit import Limiter, Refusal
 from .service import OpenedSession, Principal, SessionService
@@ -132,6 +138,17 @@ def trace_id_from(metadata: dict[str, Any], headers: Any) -> str:
 
 
 class Connection:
+    """One client's WebSocket: its session's reader (a fan-out ``Listener``) and its requests' handler."""
+
+    # slotted: 10,000 idle connections are 10,000 of these (docs/benchmarks.md, B5)
+    __slots__ = (
+        "_abandoned", "_catcher", "_closing", "_frames", "_hb_interval", "_last_sent", "_lock", "_main",
+        "_must_read", "_pending_write", "_send_timeout", "_stalled", "_started", "_strikes", "_sub",
+        "_watcher", "_write_deadline", "_writing", "auth", "charges", "closed", "conn_id", "holds_slot",
+        "identity", "last_seq", "limiter", "metrics", "registry", "service", "session_id", "settings",
+        "slow", "store", "trace_id", "who", "ws",
+    )  # fmt: skip
+
     def __init__(
         self,
         ws: WebSocket,
@@ -166,8 +183,12 @@ class Connection:
         self._send_timeout = settings.send_timeout_ms / 1000
         self._write_deadline: float | None = None  # loop time by which the frame being written must leave
         self._writing: asyncio.Task[Any] | None = None
-        self._stalled: asyncio.Task[Any] | None = None  # the writer the watchdog interrupted
-        self._writer: asyncio.Task[None] | None = None
+        self._stalled: asyncio.Task[Any] | None = None  # the writer the ticker interrupted
+        self._hb_interval = settings.heartbeat_interval_ms / 1000
+        self._started = False  # session.ready is out: log events may follow
+        self._catcher: asyncio.Task[None] | None = None  # while set, live delivery waits for it
+        self._must_read = False  # the catch-up task must read the log (open, hole, resync)
+        self._pending_write: Any = None  # a live write the peer pushed back on; the catcher finishes it
         self._watcher: asyncio.Task[None] | None = None
         self._main: asyncio.Task[Any] | None = None
         self._abandoned = False
@@ -184,17 +205,21 @@ class Connection:
             await self._write([text])
 
     async def _write(self, frames: list[str]) -> None:
-        """Write frames (lock held); each must leave within the send timeout, else ``SlowPeer``.
+        """Write frames (lock held); each must leave within the send timeout, else ``SlowPeer``."""
+        for text in frames:
+            await self._guarded(self.ws.send_text(text))
 
-        No timer per frame (that would cost more than the write): the app's watchdog calls
+    async def _guarded(self, write: Any) -> None:
+        """Await one frame write under the send deadline.
+
+        No timer per frame (that would cost more than the write): the app's ticker calls
         ``interrupt_stalled_write`` for writes past their deadline.
         """
         loop = asyncio.get_running_loop()
         me = self._writing = asyncio.current_task()
+        self._write_deadline = loop.time() + self._send_timeout
         try:
-            for text in frames:
-                self._write_deadline = loop.time() + self._send_timeout
-                await self.ws.send_text(text)
+            await write
         except asyncio.CancelledError:
             if self._stalled is None or self._stalled is not me:
                 raise
@@ -274,13 +299,18 @@ class Connection:
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
         finally:
-            for task in (self._writer, self._watcher):
+            self._started = False  # no more live delivery
+            if self._sub is not None:
+                self._sub.listener = None
+                self.store.unsubscribe(self._sub)
+            for task in (self._catcher, self._watcher):
                 if task is not None and task is not asyncio.current_task():
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
-            if self._sub is not None:
-                self.store.unsubscribe(self._sub)
+            if self._pending_write is not None:
+                self._pending_write.close()
+                self._pending_write = None
             if self.holds_slot and self.limiter is not None and self.who is not None:
                 with contextlib.suppress(Exception):
                     await self.limiter.close_connection(self.who, self.conn_id)
@@ -400,6 +430,7 @@ class Connection:
             self.session_id = opened.session_id
             logs.bind(session_id=opened.session_id)
             self._sub = await self.store.subscribe(opened.session_id, self.settings.send_buffer_events)
+            self._sub.listener = self  # declines (buffers) until the catch-up task has replayed
             after = (hello.last_seq or 0) if opened.resumed else 0
             rec = await self.store.get_session(opened.session_id)
             newest = rec.last_seq if rec else 0
@@ -453,7 +484,8 @@ class Connection:
         if not recovered:
             after = await self._send_snapshot(opened)
         self.last_seq = after
-        self._writer = asyncio.create_task(self._forward(after), name=f"ws-writer-{opened.session_id}")
+        self._started = self._must_read = True
+        self.wake()
 
     async def _replayable(self, session_id: str, after: int, newest: int) -> bool:
         """Whether the log still holds every event after ``after`` (else a snapshot is due)."""
@@ -472,38 +504,113 @@ class Connection:
         await self._send(encode(event))
         return snap.last_seq
 
-    async def _forward(self, after: int) -> None:
-        """Tail the log to the socket; heartbeat when idle; close slow consumers."""
-        assert self._sub is not None and self.session_id is not None
-        interval = self.settings.heartbeat_interval_ms / 1000
-        self.last_seq = after
+    # --------------------------------------------------------------- log events
+
+    def deliver(self, entries: list[LogEntry]) -> bool:
+        """Fan-out hook: write new events straight into the socket, or decline (False) to have them
+        buffered for the catch-up task: while it runs, while ``_send`` holds the socket, after a hole."""
+        if self._catcher is not None or not self._started or self._lock.locked():
+            return False
+        frames, hole = fresh(entries, self.last_seq)
+        try:
+            for entry in frames:
+                pending = send_now(self.ws, entry.data)
+                self.last_seq = entry.seq
+                if pending is not None:  # the peer pushes back: the catcher finishes this frame first
+                    self._pending_write = pending
+                    return False
+        except Exception as exc:  # the socket is gone: the receive loop ends it; the client resumes
+            self._gone(exc)
+            return True
+        if frames:
+            self._last_sent = time.monotonic()
+        if hole:
+            self._must_read = True
+            return False
+        return True
+
+    def _gone(self, exc: Exception) -> None:
+        """A live write failed: stop live delivery (the receive loop sees the disconnect and cleans up)."""
+        self._started = False
+        if not isinstance(exc, (WebSocketDisconnect, RuntimeError, OSError)):
+            log.error("live delivery failed", exc_info=exc)
+
+    def wake(self) -> None:
+        """Fan-out hook: entries were buffered (or a resync or overflow is due): start catching up."""
+        if self._started and self._catcher is None:
+            self._catcher = asyncio.get_running_loop().create_task(
+                self._catch_up(), name=f"ws-catch-up-{self.session_id}"
+            )
+
+    async def _catch_up(self) -> None:
+        """Write what live delivery could not, from the log where needed, until live again."""
+        sub = self._sub
+        assert sub is not None and self.session_id is not None
         outage_since: float | None = None
-        while True:
-            try:
-                async for batch in tail(self.store, self._sub, self.last_seq, idle_timeout=interval):
+        try:
+            while True:
+                try:
+                    async with self._lock:
+                        if self._pending_write is not None:
+                            pending, self._pending_write = self._pending_write, None
+                            await self._guarded(pending)
+                        if sub.overflowed:
+                            raise SlowConsumer(self.session_id)
+                        buffered = sub.take()
+                        frames, hole = fresh(buffered, self.last_seq)
+                        if hole or self._must_read or sub.resync:
+                            self._must_read, sub.resync = True, False
+                            async for batch in replay(self.store, self.session_id, self.last_seq):
+                                await self._write([entry.data for entry in batch])
+                                self.last_seq = batch[-1].seq
+                            self._must_read = False
+                            frames, hole = fresh(buffered, self.last_seq)
+                            if hole:  # the log ends before an entry that was delivered live: it lost events
+                                raise LogGap(f"missing events before {hole}")
+                        if frames:
+                            await self._write([entry.data for entry in frames])
+                            self.last_seq = frames[-1].seq
+                        if sub.idle and not self._must_read and self._pending_write is None:
+                            self._catcher = None  # live again: no await between this check and here
+                            return
                     outage_since = None
-                    if batch:
-                        async with self._lock:
-                            await self._write([entry.data for entry in batch])
-                        self.last_seq = batch[-1].seq
-                    elif time.monotonic() - self._last_sent >= interval * 0.9:
-                        hb = Heartbeat(ts=int(time.time() * 1000), last_seq=self.last_seq)
-                        await self._send(encode(hb))
-            except (SlowPeer, SlowConsumer, LogGap):
-                await self._close_slow()
-            except ParleyError as exc:
-                # the store is unreachable: keep the socket and re-read from last_seq once it is back;
-                # only an outage longer than STORE_OUTAGE_GRACE_S closes (the client then resumes)
-                now = time.monotonic()
-                outage_since = outage_since or now
-                if now - outage_since < STORE_OUTAGE_GRACE_S:
-                    await asyncio.sleep(STORE_RETRY_S)
-                    continue
-                await self.send_error(exc)
-                await self.close(CloseCode.GOING_AWAY, exc.code)
-            except (WebSocketDisconnect, RuntimeError, OSError):
-                pass
+                except ParleyError as exc:
+                    # the store is unreachable: keep the socket and re-read from last_seq once it is back;
+                    # only an outage longer than STORE_OUTAGE_GRACE_S closes (the client then resumes)
+                    self._must_read = True
+                    now = time.monotonic()
+                    outage_since = outage_since or now
+                    if now - outage_since < STORE_OUTAGE_GRACE_S:
+                        await asyncio.sleep(STORE_RETRY_S)
+                        continue
+                    await self.send_error(exc)
+                    await self.close(CloseCode.GOING_AWAY, exc.code)
+                    return
+        except (SlowPeer, SlowConsumer, LogGap):
+            await self._close_slow()
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass
+
+    def tick(self, now: float, loop_now: float) -> None:
+        """The app's ticker, every quarter heartbeat interval: stalled writes, then heartbeats."""
+        self.interrupt_stalled_write(loop_now)
+        if (
+            now - self._last_sent < self._hb_interval * 0.9
+            or self._catcher is not None
+            or not self._started
+            or self.closed
+            or self._lock.locked()
+        ):
             return
+        self._last_sent = now
+        hb = encode(Heartbeat(ts=int(time.time() * 1000), last_seq=self.last_seq))
+        try:
+            self._pending_write = send_now(self.ws, hb)
+        except Exception as exc:
+            self._gone(exc)
+            return
+        if self._pending_write is not None:
+            self.wake()
 
     # --------------------------------------------------------------- requests
 

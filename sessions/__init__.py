@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .fanout import Fanout, Subscriber
+from .fanout import Fanout, Listener, Subscriber
 from .store import AcceptResult, DeltaWrite, LogEntry, SessionRecord, SessionStore, Snapshot
-from .tail import LogGap, SlowConsumer, replay, tail
+from .tail import LogGap, SlowConsumer, fresh, replay, tail
 
 
 def open_store(url: str, **limits: Any) -> SessionStore:
@@ -26,6 +26,7 @@ __all__ = [
     "AcceptResult",
     "DeltaWrite",
     "Fanout",
+    "Listener",
     "LogEntry",
     "LogGap",
     "SessionRecord",
@@ -33,6 +34,7 @@ __all__ = [
     "SlowConsumer",
     "Snapshot",
     "Subscriber",
+    "fresh",
     "open_store",
     "replay",
     "tail",

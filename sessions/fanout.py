@@ -2,36 +2,53 @@
 
 A store pushes every entry it logs (or learns of from another instance) here,
 right after the write succeeded; readers drop what they already have by seq, so
-delivering an entry twice, late or out of order is harmless. Each reader buffers
-a bounded number of entries: one that falls further behind is marked overflowed
-and must catch up from the log (or be closed as a slow consumer).
+delivering an entry twice, late or out of order is harmless. A reader with a
+``Listener`` is offered entries synchronously first (a live WebSocket writes them
+straight into its transport: no task switch per event); whatever it declines, and
+everything for a reader without one, is buffered. Each buffer is bounded: a reader
+that falls further behind is marked overflowed and must catch up from the log (or
+be closed as a slow consumer).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from .store import LogEntry
 
 
+class Listener(Protocol):
+    """A reader that takes entries as they are logged instead of waiting for them."""
+
+    def deliver(self, entries: list[LogEntry]) -> bool:
+        """Take the entries now, or return False to have them buffered (then ``wake`` follows)."""
+
+    def wake(self) -> None:
+        """Something is buffered, or a resync or an overflow needs the reader's attention."""
+
+
 class Subscriber:
     """One reader's live buffer for one session."""
 
-    __slots__ = ("_buffer", "_waiter", "max_pending", "overflowed", "resync", "session_id")
+    __slots__ = ("_buffer", "_waiter", "listener", "max_pending", "overflowed", "resync", "session_id")
 
     def __init__(self, session_id: str, max_pending: int) -> None:
         self.session_id = session_id
         self.max_pending = max_pending
         self._buffer: list[LogEntry] = []  # a list, not a deque: 56 bytes idle instead of ~600
         self._waiter: asyncio.Future[None] | None = None
+        self.listener: Listener | None = None
         self.overflowed = False
         self.resync = False
 
-    def push(self, entries: Iterable[LogEntry]) -> None:
+    def push(self, entries: list[LogEntry]) -> None:
         if self.overflowed:
+            return
+        listener = self.listener
+        if listener is not None and not self._buffer and listener.deliver(entries):
             return
         self._buffer.extend(entries)
         if len(self._buffer) > self.max_pending:
@@ -39,19 +56,32 @@ class Subscriber:
             self._buffer = []
         self._wake()
 
+    @property
+    def idle(self) -> bool:
+        """Nothing buffered and nothing to attend to: a reader may go back to live delivery."""
+        return not self._buffer and not self.resync and not self.overflowed
+
+    def take(self) -> list[LogEntry]:
+        """Everything buffered, without waiting."""
+        batch, self._buffer = self._buffer, []
+        return batch
+
     def request_resync(self) -> None:
         """Ask the reader to re-read the log: live delivery may have missed entries."""
         self.resync = True
         self._wake()
 
     def _wake(self) -> None:
+        if self.listener is not None:
+            self.listener.wake()
+            return
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
     async def wait(self, timeout: float | None = None) -> list[LogEntry]:  # noqa: ASYNC109
         """Everything buffered, waiting up to ``timeout`` if nothing is; empty on timeout or resync."""
-        if not self._buffer and not self.resync and not self.overflowed:
+        if self.idle:
             loop = asyncio.get_running_loop()
             waiter = self._waiter = loop.create_future()
             timer = loop.call_later(timeout, _expire, waiter) if timeout is not None else None
@@ -61,8 +91,7 @@ class Subscriber:
                 self._waiter = None
                 if timer is not None:
                     timer.cancel()
-        batch, self._buffer = self._buffer, []
-        return batch
+        return self.take()
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:

@@ -39,6 +39,20 @@ async def replay(store: SessionStore, session_id: str, after_seq: int) -> AsyncI
             return
 
 
+def fresh(entries: list[LogEntry], last_seq: int) -> tuple[list[LogEntry], int]:
+    """The entries that continue ``last_seq`` without a hole (older ones dropped), and the seq of the
+    first entry past a hole, else 0: live delivery missed the events before it; the log has them."""
+    out: list[LogEntry] = []
+    for entry in entries:
+        if entry.seq <= last_seq:
+            continue
+        if entry.seq != last_seq + 1:
+            return out, entry.seq
+        out.append(entry)
+        last_seq = entry.seq
+    return out, 0
+
+
 async def tail(
     store: SessionStore, sub: Subscriber, after_seq: int, idle_timeout: float | None = None
 ) -> AsyncIterator[list[LogEntry]]:
@@ -47,36 +61,22 @@ async def tail(
     An empty batch means nothing arrived for ``idle_timeout`` seconds: time for a heartbeat.
     """
     last = after_seq
-    async for batch in replay(store, sub.session_id, last):
-        yield batch
-        last = batch[-1].seq
+    must_read, needed = True, 0  # the log first, then live entries; the log again after a resync or hole
     while True:
-        live = await sub.wait(idle_timeout)
-        if sub.overflowed:
-            raise SlowConsumer(sub.session_id)
-        if sub.resync:
+        if must_read or sub.resync:
             sub.resync = False
             async for batch in replay(store, sub.session_id, last):
                 yield batch
                 last = batch[-1].seq
-        out: list[LogEntry] = []
-        for entry in live:
-            if entry.seq <= last:
-                continue
-            if entry.seq > last + 1:  # a hole in live delivery: the log has it
-                if out:
-                    yield out
-                    out = []
-                async for batch in replay(store, sub.session_id, last):
-                    filled = [e for e in batch if e.seq < entry.seq]
-                    if filled:
-                        yield filled
-                        last = filled[-1].seq
-                    if batch[-1].seq >= entry.seq - 1:
-                        break
-                if entry.seq != last + 1:
-                    raise LogGap(f"missing events before {entry.seq}")
-            out.append(entry)
-            last = entry.seq
-        if out or not live:
+            if last < needed:
+                raise LogGap(f"missing events before {needed}")
+        live = await sub.wait(idle_timeout)
+        if sub.overflowed:
+            raise SlowConsumer(sub.session_id)
+        out, needed = fresh(live, last)
+        must_read = needed > 0
+        if out:
+            yield out
+            last = out[-1].seq
+        elif not live and not sub.resync:
             yield out
