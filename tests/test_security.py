@@ -24,7 +24,7 @@ from client import ParleyClient, ParleyClosed
 from server.auth import Authenticator
 from server.settings import Settings
 
-from .support import ROOT, live_server
+from .support import ROOT, live_server, reference_reply
 
 SECRET = "s3cret-for-tests-only-0123456789abcdef"  # 38 bytes
 
@@ -556,6 +556,47 @@ async def test_client_that_never_reads_is_closed_4009_and_can_resume() -> None:
             done = await again.next_event("response.completed", timeout=60)
             assert again.gaps == 0
         assert done["finish_reason"] == "stop" and done["usage"]["output_tokens"] == tokens
+
+
+async def test_client_that_pauses_reading_gets_every_event_in_order_once_it_reads_again() -> None:
+    """Live events that meet a full socket wait for it to drain: a reader that pauses (under the send
+    timeout) and reads again gets the whole reply, every seq once, in order."""
+    tokens = max(200_000, tcp_send_buffer_max() // 8)
+    async with live_server(
+        store="memory://",
+        echo_tokens_per_second=0,
+        echo_reply_tokens=tokens,
+        send_timeout_ms=60_000,
+        log_max_len=1_000_000,
+    ) as live:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", live.port))
+        sock.setblocking(False)
+        ws = await connect(
+            live.url, sock=sock, subprotocols=["parley.v1"], max_queue=1, ping_interval=None, max_size=None
+        )  # type: ignore[list-item]
+        await ws.send(json.dumps({"type": "hello", "protocol": "parley.v1"}))
+        json.loads(await ws.recv())
+        await ws.send(json.dumps({"type": "message.send", "client_msg_id": "c1", "content": "hold on"}))
+        (conn,) = live.state.connections
+        await until(lambda: conn._write_deadline is not None, 60)  # a write waits for the socket to drain
+        seqs: list[int] = []
+        text: list[str] = []
+        while True:
+            ev = json.loads(await ws.recv())
+            seqs.append(ev["seq"])
+            if ev["type"] == "response.delta":
+                text.append(ev["text"])
+            if ev["type"] == "response.completed":
+                break
+        await ws.close()
+        assert seqs == list(range(seqs[0], seqs[-1] + 1)) and seqs[0] == 1
+        assert ev["finish_reason"] == "stop" and ev["usage"]["output_tokens"] == tokens
+        assert not conn.slow
+    async with live_server(store="memory://", echo_tokens_per_second=0, echo_reply_tokens=tokens) as ref:
+        expected, _ = await reference_reply(ref.url, "hold on")
+    assert "".join(text) == expected
 
 
 # ------------------------------------------------------------------ admin endpoints
