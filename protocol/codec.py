@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring  # type: ignore[attr-defined]  # C speedup
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -73,6 +74,21 @@ def _describe(exc: ValidationError, text: str | bytes) -> str:
 def encode(event: _Server) -> str:
     """Serialize a server event (ephemeral or logged, without seq) to JSON text."""
     return event.model_dump_json(exclude_none=True)
+
+
+def encode_delta(response_id: str, text: str, ts: float | None = None) -> str:
+    """``encode(ResponseDelta(...))`` without building a model: the one event written per token.
+
+    Byte-for-byte the same text (tests/test_protocol.py checks it against ``encode``).
+    """
+    tail = "}" if ts is None else f',"ts":{ts!r}}}'
+    return (
+        '{"type":"response.delta","response_id":'
+        + encode_basestring(response_id)
+        + ',"text":'
+        + encode_basestring(text)
+        + tail
+    )
 
 
 def with_seq(seq: int, body: str) -> str:

@@ -20,7 +20,7 @@ import logging
 import time
 import uuid
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -111,25 +111,38 @@ def refusal_error(refusal: Refusal, ref: dict[str, Any] | None = None) -> RateLi
     )
 
 
+def header(ws: WebSocket, name: bytes) -> str | None:
+    """A request header, read from the ASGI scope: ``ws.headers`` would keep a parsed copy per socket."""
+    for key, value in ws.scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def query_names(ws: WebSocket) -> list[str]:
+    """The query string's parameter names, without keeping a parsed copy per socket."""
+    return [name for name, _ in parse_qsl(ws.scope.get("query_string", b"").decode("latin-1"), True)]
+
+
 def origin_allowed(ws: WebSocket, settings: Settings) -> bool:
     """No Origin (non-browser client), the server's own origin, or one listed in settings."""
-    origin = ws.headers.get("origin")
+    origin = header(ws, b"origin")
     if origin is None:
         return True
     origin = origin.rstrip("/")
     if origin in settings.allowed_origin_list:
         return True
     parts = urlsplit(origin)
-    host = ws.headers.get("host", "")
+    host = header(ws, b"host") or ""
     return parts.scheme in ("http", "https") and bool(parts.netloc) and parts.netloc == host
 
 
-def trace_id_from(metadata: dict[str, Any], headers: Any) -> str:
+def trace_id_from(metadata: dict[str, Any], traceparent: str | None) -> str:
     """hello.metadata.trace_id, else a W3C traceparent (header or metadata), else a new one."""
     tid = metadata.get("trace_id")
     if isinstance(tid, str) and 0 < len(tid) <= 64:
         return tid
-    tp = metadata.get("traceparent") or headers.get("traceparent")
+    tp = metadata.get("traceparent") or traceparent
     if isinstance(tp, str):
         parts = tp.split("-")
         if len(parts) == 4 and len(parts[1]) == 32:
@@ -293,7 +306,14 @@ class Connection:
         self.registry.add(self)
         self.metrics.connections_opened.inc()
         try:
-            await self._run()
+            if await self._start():
+                if self.identity is not None and self.auth is not None:
+                    self._watcher = asyncio.create_task(self._watch_token(), name=f"ws-auth-{self.conn_id}")
+                await self._receive_loop()
+        except WebSocketDisconnect:
+            pass
+        except SlowPeer:
+            await self._close_slow()
         except asyncio.CancelledError:
             if not self._abandoned:
                 raise
@@ -318,21 +338,16 @@ class Connection:
             if self.session_id is not None:
                 log.info("connection ended", extra={"fields": {"last_seq": self.last_seq, "slow": self.slow}})
 
-    async def _run(self) -> None:
-        try:
-            hello = await self._await_hello()
-            if hello is None:
-                return
-            await self._open(hello)
-            if self.closed:
-                return
-            if self.identity is not None and self.auth is not None:
-                self._watcher = asyncio.create_task(self._watch_token(), name=f"ws-auth-{self.conn_id}")
-            await self._receive_loop()
-        except WebSocketDisconnect:
-            pass
-        except SlowPeer:
-            await self._close_slow()
+    async def _start(self) -> bool:
+        """hello, then session.ready: True when the connection is open for requests.
+
+        A method of its own so the parsed hello is not kept for the connection's lifetime.
+        """
+        hello = await self._await_hello()
+        if hello is None:
+            return False
+        await self._open(hello)
+        return not self.closed
 
     async def _watch_token(self) -> None:
         """Close with 4001 (after an ``unauthorized`` error) once the token expires."""
@@ -353,20 +368,18 @@ class Connection:
                 await self.close(CloseCode.UNAUTHORIZED, "token expired")
                 return
 
-    async def _receive(self) -> str | None:
-        """The next text frame; None when the client left. A binary frame is answered as invalid."""
-        while True:
-            msg = await self.ws.receive()
-            if msg["type"] == "websocket.disconnect":
-                raise WebSocketDisconnect(msg.get("code", 1000))
-            if msg.get("text") is not None:
-                return msg["text"]
-            if msg.get("bytes") is not None:
-                return None
+    @staticmethod
+    def _text(msg: Any) -> str | None:
+        """A received ASGI message's text; None for a binary frame (answered as invalid)."""
+        if msg["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(msg.get("code", 1000))
+        text: str | None = msg.get("text")
+        return text
 
     async def _await_hello(self) -> Hello | None:
         try:
-            text = await asyncio.wait_for(self._receive(), self.settings.hello_timeout_ms / 1000)
+            msg = await asyncio.wait_for(self.ws.receive(), self.settings.hello_timeout_ms / 1000)
+            text = self._text(msg)
         except TimeoutError:
             await self.close(CloseCode.HELLO_TIMEOUT, "no hello in time")
             return None
@@ -406,7 +419,7 @@ class Connection:
         )
 
     async def _open(self, hello: Hello) -> None:
-        self.trace_id = trace_id_from(hello.metadata, self.ws.headers)
+        self.trace_id = trace_id_from(hello.metadata, header(self.ws, b"traceparent"))
         logs.bind(trace_id=self.trace_id)
         resuming = bool(hello.session_id)
         try:
@@ -616,7 +629,7 @@ class Connection:
 
     async def _receive_loop(self) -> None:
         while not self.closed:
-            text = await self._receive()
+            text = self._text(await self.ws.receive())
             try:
                 if self._frames is not None and (wait := self._frames.take()):
                     self.metrics.rate_limited.labels("frames", "connection").inc()
@@ -685,7 +698,7 @@ class Connection:
 async def websocket_endpoint(ws: WebSocket) -> None:
     state = ws.app.state.parley
     settings: Settings = state.settings
-    if any(name.lower() in TOKEN_PARAMS for name in ws.query_params):
+    if any(name.lower() in TOKEN_PARAMS for name in query_names(ws)):
         # refused even with auth off: a URL ends up in proxy, browser and server logs
         state.metrics.auth_failures.inc()
         body = error_event(

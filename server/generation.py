@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol import encode
+from protocol.codec import encode_delta
 from protocol.errors import (
     ErrorCode,
     ParleyError,
@@ -27,7 +28,7 @@ from protocol.errors import (
     SchemaValidationFailed,
     UpstreamUnavailable,
 )
-from protocol.messages import ErrorInfo, ResponseCompleted, ResponseDelta, Usage
+from protocol.messages import ErrorInfo, ResponseCompleted, Usage
 from sessions import DeltaWrite, SessionStore
 
 from .providers.base import Finish, ModelProvider, ModelRequest, TextDelta, UsageReport
@@ -90,9 +91,19 @@ class Generation:
 class DeltaWriter:
     """Batches pending text of all local generations into one store write per tick."""
 
-    def __init__(self, store: SessionStore, coalesce_ms: float = 0.0, timestamps: bool = False) -> None:
+    def __init__(
+        self,
+        store: SessionStore,
+        coalesce_ms: float = 0.0,
+        timestamps: bool = False,
+        busy_ms: float = 0.0,
+        busy_writes: int = 100,
+    ) -> None:
         self.store = store
         self.coalesce_s = coalesce_ms / 1000
+        self.busy_s = max(busy_ms, coalesce_ms) / 1000
+        self.busy_writes = busy_writes
+        self._last_size = 0  # deltas in the previous flush: the load signal for the busy window
         self.timestamps = timestamps
         self._pending: dict[Generation, list[str]] = {}
         self._wake = asyncio.Event()
@@ -125,9 +136,11 @@ class DeltaWriter:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if self.coalesce_s:
-                await asyncio.sleep(self.coalesce_s)
+            window = self.busy_s if self._last_size >= self.busy_writes else self.coalesce_s
+            if window:
+                await asyncio.sleep(window)
             batch, self._pending = self._pending, {}
+            self._last_size = len(batch)
             if not batch:
                 continue
             gens = list(batch)
@@ -138,7 +151,7 @@ class DeltaWriter:
                     g.session_id,
                     g.response_id,
                     t,
-                    encode(ResponseDelta(response_id=g.response_id, text=t, ts=ts)),
+                    encode_delta(g.response_id, t, ts),
                 )
                 for g, t in zip(gens, texts, strict=True)
             ]
@@ -171,7 +184,13 @@ class Generations:
     def __init__(self, store: SessionStore, settings: Settings) -> None:
         self.store = store
         self.settings = settings
-        self.writer = DeltaWriter(store, settings.coalesce_ms, settings.event_timestamps)
+        self.writer = DeltaWriter(
+            store,
+            settings.coalesce_ms,
+            settings.event_timestamps,
+            busy_ms=settings.coalesce_busy_ms,
+            busy_writes=settings.coalesce_busy_writes,
+        )
         self.running: dict[tuple[str, str], Generation] = {}
         self._loops: list[asyncio.Task[None]] = []
         self.on_finish: list[Callable[[Generation, str], None]] = []
@@ -343,10 +362,10 @@ class Generations:
             await asyncio.sleep(period)
             gens = list(self.running.values())
             deadline = now_ms() + self.settings.lease_ms
-            results = await asyncio.gather(
-                *(self.store.renew(g.session_id, g.response_id, deadline) for g in gens),
-                return_exceptions=True,
-            )
+            try:
+                results = await self.store.renew([(g.session_id, g.response_id) for g in gens], deadline)
+            except ParleyError:
+                continue  # the store is down: the next period tries again (leases outlive a few)
             for g, res in zip(gens, results, strict=True):
                 if res == "cancel":
                     g.request_cancel()

@@ -126,6 +126,7 @@ class MeteredProvider:
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ProviderEvent]:
         m, label = self.metrics, self.name
+        ttft, gap = m.ttft.labels(label), m.inter_token.labels(label)  # looked up once, not per token
         started = time.monotonic()
         last: float | None = None
         count = 0
@@ -135,9 +136,9 @@ class MeteredProvider:
                 if isinstance(ev, TextDelta) and ev.text:
                     now = time.monotonic()
                     if last is None:
-                        m.ttft.labels(label).observe(now - started)
+                        ttft.observe(now - started)
                     else:
-                        m.inter_token.labels(label).observe(now - last)
+                        gap.observe(now - last)
                     last = now
                     count += 1
                 elif isinstance(ev, UsageReport):

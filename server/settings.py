@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     # generation
     event_timestamps: bool = False  # stamp response.delta with its append time (load tests measure delivery)
     coalesce_ms: float = Field(0.0, ge=0)  # extra wait before each delta flush (0: flush when idle)
+    # under load, wait before a flush so a session's next tokens join its frame (fewer frames, Lua calls
+    # and client wake-ups per token); "load" = the previous flush carried coalesce_busy_writes deltas
+    coalesce_busy_ms: float = Field(20.0, ge=0)
+    coalesce_busy_writes: int = Field(100, ge=1)
     lease_ms: int = Field(5_000, ge=500)  # a generation's lease; expiry means its process died
     lease_renew_ms: int = Field(1_500, ge=100)  # renew period, well under the lease
     reaper_interval_ms: int = Field(1_000, ge=100)  # how often to look for expired leases

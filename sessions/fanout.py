@@ -107,7 +107,7 @@ class Fanout:
         on_first: Callable[[str], None] | None = None,
         on_last: Callable[[str], None] | None = None,
     ) -> None:
-        self._subs: dict[str, set[Subscriber]] = {}
+        self._subs: dict[str, list[Subscriber]] = {}  # lists: most sessions have one reader (B5 memory)
         self._on_first = on_first
         self._on_last = on_last
 
@@ -115,17 +115,18 @@ class Fanout:
         sub = Subscriber(session_id, max_pending)
         subs = self._subs.get(session_id)
         if subs is None:
-            subs = self._subs[session_id] = set()
+            subs = self._subs[session_id] = []
             if self._on_first:
                 self._on_first(session_id)
-        subs.add(sub)
+        subs.append(sub)
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
         subs = self._subs.get(sub.session_id)
         if subs is None:
             return
-        subs.discard(sub)
+        if sub in subs:
+            subs.remove(sub)
         if not subs:
             del self._subs[sub.session_id]
             if self._on_last:

@@ -163,7 +163,10 @@ class MemoryStore:
                 out.append(entry)
         return out
 
-    async def renew(self, session_id: str, response_id: str, deadline_ms: int) -> LeaseOutcome:
+    async def renew(self, leases: Sequence[tuple[str, str]], deadline_ms: int) -> list[LeaseOutcome]:
+        return [self._renew(sid, rid, deadline_ms) for sid, rid in leases]
+
+    def _renew(self, session_id: str, response_id: str, deadline_ms: int) -> LeaseOutcome:
         s = self._get(session_id)
         if s is None or s.active != response_id:
             return "gone"

@@ -104,12 +104,17 @@ return out
 )
 
 # KEYS meta. ARGV[6..] response_id, new lease deadline ms
+# Many leases at once: KEYS[i] = meta of session i, ARGV[1] = deadline, ARGV[i + 1] = its response id
 RENEW = """
-local m = redis.call('HMGET', KEYS[1], 'active', 'cancel')
-if m[1] ~= ARGV[6] then return 'gone' end
-if m[2] == ARGV[6] then return 'cancel' end
-redis.call('HSET', KEYS[1], 'lease', ARGV[7])
-return 'ok'
+local out = {}
+for i, key in ipairs(KEYS) do
+  local rid = ARGV[i + 1]
+  local m = redis.call('HMGET', key, 'active', 'cancel')
+  if m[1] ~= rid then out[i] = 'gone'
+  elseif m[2] == rid then out[i] = 'cancel'
+  else redis.call('HSET', key, 'lease', ARGV[1]); out[i] = 'ok' end
+end
+return out
 """
 
 # ARGV[6..] response_id, completed body, finish reason, history max turns, expired_before ('' = any)

@@ -270,13 +270,26 @@ class RedisStore:
         return out
 
     @_guard
-    async def renew(self, session_id: str, response_id: str, deadline_ms: int) -> LeaseOutcome:
-        res = await self._scripts["RENEW"](
-            keys=keys.session_keys(session_id)[:1], args=self._args(session_id, response_id, deadline_ms)
-        )
-        if res == "ok":
-            await self._r.zadd(keys.LEASES, {f"{session_id}\t{response_id}": deadline_ms})
-        return res  # type: ignore[no-any-return]
+    async def renew(self, leases: Sequence[tuple[str, str]], deadline_ms: int) -> list[LeaseOutcome]:
+        """One script call for all leases (one per session in a cluster), then one ZADD of the live ones."""
+        if not leases:
+            return []
+        script = self._scripts["RENEW"]
+
+        async def call(batch: Sequence[tuple[str, str]]) -> list[LeaseOutcome]:
+            ks = [keys.session_keys(sid)[0] for sid, _ in batch]
+            return list(await script(keys=ks, args=[deadline_ms, *(rid for _, rid in batch)]))
+
+        if self.cluster:
+            chunks = await asyncio.gather(*(call([lease]) for lease in leases))
+            results = [r for chunk in chunks for r in chunk]
+        else:
+            results = await call(leases)
+        outcomes = zip(leases, results, strict=True)
+        live = {f"{sid}\t{rid}": deadline_ms for (sid, rid), r in outcomes if r == "ok"}
+        if live:
+            await self._r.zadd(keys.LEASES, live)
+        return results
 
     @_guard
     async def finish(
@@ -466,7 +479,7 @@ class RedisStore:
         if kind == "subscribe":
             if channel in self._channels:
                 self._live.add(channel)
-            fut = self._confirmed.get(channel)
+            fut = self._confirmed.pop(channel, None)  # not kept once confirmed: memory per idle session
             if fut is not None and not fut.done():
                 fut.set_result(None)
             return

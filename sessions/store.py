@@ -98,7 +98,9 @@ class SessionStore(Protocol):
     ) -> AcceptResult: ...
 
     async def append_deltas(self, writes: Sequence[DeltaWrite]) -> list[DeltaOutcome]: ...
-    async def renew(self, session_id: str, response_id: str, deadline_ms: int) -> LeaseOutcome: ...
+    async def renew(self, leases: Sequence[tuple[str, str]], deadline_ms: int) -> list[LeaseOutcome]:
+        """Extend the leases of running responses ``(session_id, response_id)``, all in one round trip."""
+
     async def finish(
         self,
         session_id: str,

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocol import ERROR_CLASSES, CloseCode, ErrorCode, ParleyError, encode, parse_client, seq_of, with_seq
 from protocol.asyncapi import CLIENT_MODELS, SERVER_MODELS, asyncapi_document
+from protocol.codec import encode_delta
 from protocol.errors import InvalidMessage, PayloadTooLarge, ProtocolError
 from protocol.messages import Hello, MessageSend, ResponseDelta
 
@@ -98,3 +101,15 @@ def test_asyncapi_document_covers_every_message() -> None:
     delta = doc["components"]["schemas"]["ResponseDelta"]
     assert delta["required"][0] == "seq"
     json.dumps(doc)  # serializable
+
+
+_texts = st.text(
+    st.characters(blacklist_categories=("Cs",))
+)  # any text a model can produce (no lone surrogates)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_texts, _texts, st.none() | st.floats(0, 1e13, allow_nan=False).map(lambda f: round(f, 3)))
+def test_fast_delta_encoding_is_byte_identical_to_the_model(rid: str, text: str, ts: float | None) -> None:
+    """encode_delta (the per-token fast path) writes exactly what encode(ResponseDelta(...)) writes."""
+    assert encode_delta(rid, text, ts) == encode(ResponseDelta(response_id=rid, text=text, ts=ts))

@@ -140,7 +140,7 @@ async def test_cancel_marks_the_running_response_and_fences_its_deltas(store: Se
     store.on_cancel(lambda s, r: seen.append((s, r)))
     assert await store.request_cancel(sid, None) == ("cancelling", "r1")
     assert await store.append_deltas([delta(sid, "r1", "x ")]) == ["cancel"]
-    assert await store.renew(sid, "r1", 99_999) == "cancel"
+    assert await store.renew([(sid, "r1")], 99_999) == ["cancel"]
     await store.finish(sid, "r1", body=done("r1", "cancelled"), finish_reason="cancelled")
     assert await store.request_cancel(sid, "r1") == ("finished", "r1")
     assert await store.request_cancel(sid, None) == ("idle", "")
@@ -180,9 +180,22 @@ async def test_renew_extends_the_lease(store: SessionStore) -> None:
     """A renewed lease is no longer expired at its old deadline."""
     sid = await new_session(store)
     await accept(store, sid, now=1_000)
-    assert await store.renew(sid, "r1", 50_000) == "ok"
+    assert await store.renew([(sid, "r1")], 50_000) == ["ok"]
     assert (sid, "r1") not in await store.expired_leases(1_000 + LEASE + 1)
-    assert await store.renew(sid, "r-x", 50_000) == "gone"
+    assert await store.renew([(sid, "r-x")], 50_000) == ["gone"]
+
+
+async def test_renew_many_leases_answers_each_in_order(store: SessionStore) -> None:
+    """One renew call covers several sessions and answers ok / gone / cancel for each, in order."""
+    a, b, c = [await new_session(store, sid) for sid in ("s1", "s2", "s3")]
+    for sid in (a, b, c):
+        await accept(store, sid, now=1_000)
+    await store.request_cancel(c, "r1")
+    leases = [(a, "r1"), (b, "r-old"), (c, "r1")]
+    assert await store.renew(leases, 50_000) == ["ok", "gone", "cancel"]
+    expired = await store.expired_leases(1_000 + LEASE + 1)
+    assert (a, "r1") not in expired and (c, "r1") in expired
+    assert await store.renew([], 50_000) == []
 
 
 async def test_feedback_last_write_wins_and_unknown_response_is_refused(store: SessionStore) -> None:
