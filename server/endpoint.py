@@ -156,10 +156,10 @@ class Connection:
     # slotted: 10,000 idle connections are 10,000 of these (docs/benchmarks.md, B5)
     __slots__ = (
         "_abandoned", "_catcher", "_closing", "_frames", "_hb_interval", "_last_sent", "_lock", "_main",
-        "_must_read", "_pending_write", "_send_timeout", "_stalled", "_started", "_strikes", "_sub",
-        "_watcher", "_write_deadline", "_writing", "auth", "charges", "closed", "conn_id", "holds_slot",
-        "identity", "last_seq", "limiter", "metrics", "registry", "service", "session_id", "settings",
-        "slow", "store", "trace_id", "who", "ws",
+        "_must_read", "_pending_write", "_retrying", "_send_timeout", "_stalled", "_started", "_strikes",
+        "_sub", "_watcher", "_write_deadline", "_writing", "auth", "charges", "closed", "conn_id",
+        "holds_slot", "identity", "last_seq", "limiter", "metrics", "registry", "service", "session_id",
+        "settings", "slow", "store", "trace_id", "who", "ws",
     )  # fmt: skip
 
     def __init__(
@@ -202,6 +202,7 @@ class Connection:
         self._catcher: asyncio.Task[None] | None = None  # while set, live delivery waits for it
         self._must_read = False  # the catch-up task must read the log (open, hole, resync)
         self._pending_write: Any = None  # a live write the peer pushed back on; the catcher finishes it
+        self._retrying = False  # the catch-up task waits out a store outage (heartbeats go on meanwhile)
         self._watcher: asyncio.Task[None] | None = None
         self._main: asyncio.Task[Any] | None = None
         self._abandoned = False
@@ -594,7 +595,11 @@ class Connection:
                     now = time.monotonic()
                     outage_since = outage_since or now
                     if now - outage_since < STORE_OUTAGE_GRACE_S:
-                        await asyncio.sleep(STORE_RETRY_S)
+                        self._retrying = True
+                        try:
+                            await asyncio.sleep(STORE_RETRY_S)
+                        finally:
+                            self._retrying = False
                         continue
                     await self.send_error(exc)
                     await self.close(CloseCode.GOING_AWAY, exc.code)
@@ -609,7 +614,7 @@ class Connection:
         self.interrupt_stalled_write(loop_now)
         if (
             now - self._last_sent < self._hb_interval * 0.9
-            or self._catcher is not None
+            or (self._catcher is not None and not self._retrying)
             or not self._started
             or self.closed
             or self._lock.locked()
@@ -623,7 +628,7 @@ class Connection:
             self._gone(exc)
             return
         if self._pending_write is not None:
-            self.wake()
+            self.wake()  # (a catch-up task waiting out an outage finishes it on its next round)
 
     # --------------------------------------------------------------- requests
 

@@ -29,6 +29,7 @@ from protocol.errors import InternalError, UpstreamUnavailable
 
 from . import keys, redis_lua
 from .fanout import Fanout, Subscriber
+from .redis_wire import with_hiredis_packing
 from .store import (
     AcceptResult,
     CancelOutcome,
@@ -115,6 +116,7 @@ class RedisStore:
             pool = aioredis.BlockingConnectionPool.from_url(
                 url, max_connections=MAX_CONNECTIONS, timeout=SOCKET_TIMEOUT_S, **options
             )
+            pool.connection_class = with_hiredis_packing(pool.connection_class)
             self._r = aioredis.Redis(connection_pool=pool)
             self._ps_client = self._r
         self._scripts = {
@@ -128,18 +130,28 @@ class RedisStore:
         self._pubsub: Any = None
         self._listener: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
-        self._pubsub_lock = asyncio.Lock()  # orders SUBSCRIBE/UNSUBSCRIBE of one channel
+        # (UN)SUBSCRIBEs go out from one task, batched: in order, and a burst of hellos costs a few
+        # commands instead of a queue of readers each waiting for the pub/sub connection in turn
+        self._to_subscribe: set[str] = set()
+        self._to_unsubscribe: set[str] = set()
+        self._changes = asyncio.Event()
+        self._subscriber: asyncio.Task[None] | None = None
+        self._closed = False
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         self._listener = asyncio.create_task(self._listen(), name="parley-redis-pubsub")
+        self._subscriber = asyncio.create_task(self._send_subscriptions(), name="parley-redis-subscribe")
 
     async def close(self) -> None:
-        if self._listener:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._listener
+        self._closed = True
+        self._changes.set()
+        for task in (self._subscriber, self._listener):
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
                 await self._pubsub.aclose()
@@ -399,23 +411,20 @@ class RedisStore:
         channel = keys.events_channel(session_id)
         if channel not in self._channels:
             self._channels.add(channel)
-            fut = self._confirmed.get(channel)
-            if fut is None or fut.done():
-                fut = self._confirmed[channel] = asyncio.get_running_loop().create_future()
+            self._to_subscribe.add(channel)
+            self._changes.set()
+        fut = self._confirmed.get(channel)
+        if fut is None and channel not in self._live:
+            fut = self._confirmed[channel] = asyncio.get_running_loop().create_future()
+        if fut is not None:
             try:
-                await asyncio.wait_for(self._connected.wait(), SOCKET_TIMEOUT_S)
-                async with self._pubsub_lock:
-                    await self._pubsub.subscribe(channel)
-                await asyncio.wait_for(asyncio.shield(fut), SOCKET_TIMEOUT_S)
-            except (TimeoutError, RedisError, OSError, AttributeError) as exc:
+                async with asyncio.timeout(SOCKET_TIMEOUT_S):
+                    await asyncio.shield(fut)
+            except (TimeoutError, UpstreamUnavailable) as exc:
                 self.fanout.unsubscribe(sub)
                 raise UpstreamUnavailable(
                     "session store unavailable", retry_after_ms=OUTAGE_RETRY_AFTER_MS
                 ) from exc
-        else:
-            fut = self._confirmed.get(channel)
-            if fut is not None and not fut.done():
-                await asyncio.wait_for(asyncio.shield(fut), SOCKET_TIMEOUT_S)
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
@@ -426,15 +435,31 @@ class RedisStore:
         self._channels.discard(channel)
         self._live.discard(channel)  # from now on every append publishes again
         self._confirmed.pop(channel, None)
-        if self._pubsub is not None and self._connected.is_set():
-            task = asyncio.get_running_loop().create_task(self._unsubscribe(channel))
-            task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+        self._to_unsubscribe.add(channel)
+        self._changes.set()
 
-    async def _unsubscribe(self, channel: str) -> None:
-        async with self._pubsub_lock:
-            if channel not in self._channels and self._pubsub is not None:
-                with contextlib.suppress(RedisError, OSError):
-                    await self._pubsub.unsubscribe(channel)
+    async def _send_subscriptions(self) -> None:
+        """The one sender of SUBSCRIBE/UNSUBSCRIBE: what readers asked for since the last round, in order.
+
+        A channel is (un)subscribed only if that is still wanted when the round is sent; after a lost
+        connection the listener subscribes to every wanted channel anyway.
+        """
+        while not self._closed:  # (a cancel that redis-py swallows mid-command must still end this)
+            await self._changes.wait()
+            self._changes.clear()
+            await self._connected.wait()
+            drop = [c for c in self._to_unsubscribe if c not in self._channels]
+            add = [c for c in self._to_subscribe if c in self._channels]
+            self._to_unsubscribe.clear()
+            self._to_subscribe.clear()
+            pubsub = self._pubsub
+            if pubsub is None:
+                continue
+            with contextlib.suppress(RedisError, OSError):  # the listener reconnects and resubscribes
+                if drop:
+                    await pubsub.unsubscribe(*drop)
+                if add:
+                    await pubsub.subscribe(*add)
 
     async def _listen(self) -> None:
         """The process's one pub/sub reader; re-created (and readers resynced) after any failure."""
