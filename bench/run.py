@@ -47,7 +47,7 @@ class Plan:
     b1_rounds: int = 3
     paced_tps: float = 50.0
     b2_turns: int = 2
-    b3_step: int = 100
+    b3_step: int = 50
     b3_step_s: float = 5.0
     b3_max: int = 4000
     b3_threshold_ms: float = 50.0

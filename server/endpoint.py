@@ -50,6 +50,7 @@ from protocol.messages import (
 )
 from sessions import LogEntry, LogGap, SlowConsumer, fresh, replay
 from sessions.fanout import Subscriber
+from sessions.keys import REPLAY_CHUNK
 
 from . import logs
 from .auth import Authenticator, Identity
@@ -446,13 +447,16 @@ class Connection:
             self._sub = await self.store.subscribe(opened.session_id, self.settings.send_buffer_events)
             self._sub.listener = self  # declines (buffers) until the catch-up task has replayed
             after = (hello.last_seq or 0) if opened.resumed else 0
-            rec = await self.store.get_session(opened.session_id)
-            newest = rec.last_seq if rec else 0
-            if after > newest:
+            if after > opened.last_seq:
                 raise InvalidMessage(
-                    f"last_seq {after} is ahead of the session ({newest})", ref={"type": "hello"}
+                    f"last_seq {after} is ahead of the session ({opened.last_seq})", ref={"type": "hello"}
                 )
-            recovered = await self._replayable(opened.session_id, after, newest)
+            # One read, after the subscription: the first replay chunk, whether the log still holds it,
+            # and (when shorter than a chunk) all that was logged before live delivery took over.
+            # A new session has nothing logged yet.
+            chunk = await self.store.read(opened.session_id, after, REPLAY_CHUNK) if opened.resumed else []
+            recovered = chunk[0].seq == after + 1 if chunk else after >= opened.last_seq
+            newest = max(opened.last_seq, chunk[-1].seq) if chunk else opened.last_seq
         except ParleyError as exc:
             if isinstance(exc, Unauthorized):
                 self.metrics.auth_failures.inc()
@@ -497,16 +501,16 @@ class Connection:
         )
         if not recovered:
             after = await self._send_snapshot(opened)
+            self._must_read = True  # the log after the snapshot
+        elif chunk:
+            async with self._lock:
+                await self._write([entry.data for entry in chunk])
+            after = chunk[-1].seq
+            self._must_read = len(chunk) >= REPLAY_CHUNK  # a full chunk: the log may hold more
         self.last_seq = after
-        self._started = self._must_read = True
-        self.wake()
-
-    async def _replayable(self, session_id: str, after: int, newest: int) -> bool:
-        """Whether the log still holds every event after ``after`` (else a snapshot is due)."""
-        if after >= newest:
-            return True
-        first = await self.store.read(session_id, after, 1)
-        return bool(first) and first[0].seq == after + 1
+        self._started = True
+        if self._must_read or not self._sub.idle:  # events arrived meanwhile: catch up, then go live
+            self.wake()
 
     async def _send_snapshot(self, opened: OpenedSession) -> int:
         snap = await self.store.snapshot(opened.session_id)

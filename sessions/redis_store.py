@@ -119,6 +119,9 @@ class RedisStore:
             pool.connection_class = with_hiredis_packing(pool.connection_class)
             self._r = aioredis.Redis(connection_pool=pool)
             self._ps_client = self._r
+        # the delta writer's flushes (hundreds a second) keep one connection instead of taking one from
+        # the pool each time; in a cluster the client picks each slot's node itself
+        self._flusher: Any = self._r if self.cluster else self._r.client()
         self._scripts = {
             name: self._r.register_script(getattr(redis_lua, name))
             for name in ("CREATE", "ACCEPT", "DELTAS", "RENEW", "FINISH", "CANCEL", "FEEDBACK", "SNAPSHOT")
@@ -155,6 +158,8 @@ class RedisStore:
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
                 await self._pubsub.aclose()
+        if self._flusher is not self._r:
+            await self._flusher.aclose()
         await self._r.aclose()
         if self._ps_client is not self._r:
             await self._ps_client.aclose()
@@ -257,7 +262,7 @@ class RedisStore:
                 ks += keys.session_keys(w.session_id)[:3]
                 channel = keys.events_channel(w.session_id)
                 args += [channel, self._self_subscribed(channel), w.response_id, w.text, w.body]
-            return list(await script(keys=ks, args=args))
+            return list(await script(keys=ks, args=args, client=self._flusher))
 
         if self.cluster:
             by_session: dict[str, list[int]] = {}
