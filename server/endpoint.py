@@ -184,7 +184,7 @@ class Connection:
         self.limiter = limiter
         self.metrics = metrics or Metrics()
         self.charges = charges if charges is not None else {}
-        self.conn_id = uuid.uuid4().hex
+        self.conn_id = uuid.uuid4().hex if limiter is not None else ""  # names its slot in the limiter
         self.session_id: str | None = None
         self.trace_id = ""
         self.last_seq = 0
@@ -210,7 +210,7 @@ class Connection:
         self._closing: asyncio.Future[None] | None = None
         self._sub: Subscriber | None = None
         self._frames = FrameBudget(settings.frames_per_minute) if settings.frames_per_minute else None
-        self._strikes: list[float] = []
+        self._strikes: list[float] | None = None  # rate_limited answers in the strike window (rare)
         self.closed = False
 
     # --------------------------------------------------------------- sending
@@ -310,8 +310,10 @@ class Connection:
         try:
             if await self._start():
                 if self.identity is not None and self.auth is not None:
-                    self._watcher = asyncio.create_task(self._watch_token(), name=f"ws-auth-{self.conn_id}")
-                await self._receive_loop()
+                    self._watcher = asyncio.create_task(self._watch_token(), name="ws-auth")
+                while not self.closed:  # the receive loop, inline: one coroutine frame less per socket
+                    if not await self._on_frame(self._text(await self.ws.receive())):
+                        break
         except WebSocketDisconnect:
             pass
         except SlowPeer:
@@ -636,29 +638,29 @@ class Connection:
 
     # --------------------------------------------------------------- requests
 
-    async def _receive_loop(self) -> None:
-        while not self.closed:
-            text = self._text(await self.ws.receive())
-            try:
-                if self._frames is not None and (wait := self._frames.take()):
-                    self.metrics.rate_limited.labels("frames", "connection").inc()
-                    raise RateLimited(
-                        f"connection limit reached: {self.settings.frames_per_minute} frames per minute",
-                        retry_after_ms=wait,
-                    )
-                if text is None:
-                    raise InvalidMessage("frames must be text (JSON)")
-                await self._handle(parse_client(text))
-            except ParleyError as exc:
-                await self.send_error(exc)
-                if isinstance(exc, RateLimited) and self._strike():
-                    await self.close(CloseCode.POLICY_VIOLATION, "rate limits exceeded again and again")
-                    return
+    async def _on_frame(self, text: str | None) -> bool:
+        """Handle one client frame; False when the connection is to close."""
+        try:
+            if self._frames is not None and (wait := self._frames.take()):
+                self.metrics.rate_limited.labels("frames", "connection").inc()
+                raise RateLimited(
+                    f"connection limit reached: {self.settings.frames_per_minute} frames per minute",
+                    retry_after_ms=wait,
+                )
+            if text is None:
+                raise InvalidMessage("frames must be text (JSON)")
+            await self._handle(parse_client(text))
+        except ParleyError as exc:
+            await self.send_error(exc)
+            if isinstance(exc, RateLimited) and self._strike():
+                await self.close(CloseCode.POLICY_VIOLATION, "rate limits exceeded again and again")
+                return False
+        return True
 
     def _strike(self) -> bool:
         """Count a rate_limited answer; True once there were ``abuse_strikes`` within the window."""
         now = time.monotonic()
-        self._strikes = [t for t in self._strikes if now - t < STRIKE_WINDOW_S]
+        self._strikes = [t for t in self._strikes or () if now - t < STRIKE_WINDOW_S]
         self._strikes.append(now)
         return len(self._strikes) >= self.settings.abuse_strikes
 

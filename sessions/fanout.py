@@ -38,7 +38,7 @@ class Subscriber:
     def __init__(self, session_id: str, max_pending: int) -> None:
         self.session_id = session_id
         self.max_pending = max_pending
-        self._buffer: list[LogEntry] = []  # a list, not a deque: 56 bytes idle instead of ~600
+        self._buffer: list[LogEntry] | None = None  # made when needed: most readers are live or idle
         self._waiter: asyncio.Future[None] | None = None
         self.listener: Listener | None = None
         self.overflowed = False
@@ -50,10 +50,12 @@ class Subscriber:
         listener = self.listener
         if listener is not None and not self._buffer and listener.deliver(entries):
             return
+        if self._buffer is None:
+            self._buffer = []
         self._buffer.extend(entries)
         if len(self._buffer) > self.max_pending:
             self.overflowed = True
-            self._buffer = []
+            self._buffer = None
         self._wake()
 
     @property
@@ -63,8 +65,8 @@ class Subscriber:
 
     def take(self) -> list[LogEntry]:
         """Everything buffered, without waiting."""
-        batch, self._buffer = self._buffer, []
-        return batch
+        batch, self._buffer = self._buffer, None
+        return batch or []
 
     def request_resync(self) -> None:
         """Ask the reader to re-read the log: live delivery may have missed entries."""
