@@ -138,12 +138,11 @@ class SessionService:
                 )
             if result.status != "accepted":
                 raise Busy(retry_after_ms=None, ref=ref)
-            turns = await self.store.history(session_id)
         except BaseException:
             self.generations.forget(session_id, response_id)
             raise
         request = ModelRequest(
-            messages=build_messages(prof, turns),
+            messages=build_messages(prof, result.history),
             profile=prof,
             trace_id=trace_id,
             response_format=response_format,

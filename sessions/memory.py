@@ -146,7 +146,13 @@ class MemoryStore:
         self._touch(s)
         entries = [accepted, started]
         self.fanout.publish(session_id, entries)
-        return AcceptResult("accepted", entries, message_id=message_id, response_id=response_id)
+        return AcceptResult(
+            "accepted",
+            entries,
+            message_id=message_id,
+            response_id=response_id,
+            history=[dict(t) for t in s.history],
+        )
 
     async def append_deltas(self, writes: Sequence[DeltaWrite]) -> list[DeltaOutcome]:
         out: list[DeltaOutcome] = []

@@ -71,7 +71,7 @@ redis.call('RPUSH', KEYS[4], ARGV[9])
 redis.call('LTRIM', KEYS[4], -tonumber(ARGV[14]), -1)
 redis.call('DEL', KEYS[3])
 touch()
-return {'accepted', a[1], a[2], s[1], s[2]}
+return {'accepted', a[1], a[2], s[1], s[2], redis.call('LRANGE', KEYS[4], 0, -1)}
 """
 )
 

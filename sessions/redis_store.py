@@ -245,9 +245,12 @@ class RedisStore:
         if status in ("busy", "stale"):
             return AcceptResult(status, response_id=res[1])
         entries = [LogEntry(int(res[1]), res[2]), LogEntry(int(res[3]), res[4])]
-        await self._r.zadd(keys.LEASES, {f"{session_id}\t{response_id}": now_ms + lease_ms})
         self.fanout.publish(session_id, entries)
-        return AcceptResult("accepted", entries, message_id=message_id, response_id=response_id)
+        await self._r.zadd(keys.LEASES, {f"{session_id}\t{response_id}": now_ms + lease_ms})
+        history = [json.loads(t) for t in res[5]]
+        return AcceptResult(
+            "accepted", entries, message_id=message_id, response_id=response_id, history=history
+        )
 
     @_guard
     async def append_deltas(self, writes: Sequence[DeltaWrite]) -> list[DeltaOutcome]:

@@ -45,6 +45,7 @@ class AcceptResult:
     duplicate_seq: int = 0
     message_id: str = ""
     response_id: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list)  # accepted: the turns the model sees
 
 
 @dataclass(slots=True)

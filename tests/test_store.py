@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Any
 
 from protocol import encode, seq_of
 from protocol.messages import (
@@ -98,6 +99,17 @@ async def test_history_holds_user_and_partial_assistant_turns(store: SessionStor
     hist = await store.history(sid)
     assert [(t["role"], t["content"]) for t in hist] == [("user", "hello c1"), ("assistant", "one two ")]
     assert hist[1]["finish_reason"] == "cancelled"
+
+
+async def test_accept_returns_the_history_the_model_sees(store: SessionStore) -> None:
+    """An accepted turn comes back with the whole history, its own user turn last (no second read)."""
+    sid = await new_session(store)
+    first: Any = await accept(store, sid)
+    assert [(t["role"], t["content"]) for t in first.history] == [("user", "hello c1")]
+    await store.finish(sid, "r1", body=done("r1"), finish_reason="stop")
+    second: Any = await accept(store, sid, cid="c2", rid="r2", now=2_000)
+    assert second.history == await store.history(sid)
+    assert [t["role"] for t in second.history] == ["user", "assistant", "user"]
 
 
 async def test_one_running_response_per_session(store: SessionStore) -> None:
