@@ -24,8 +24,9 @@ def session_key(session_id: str, kind: str) -> str:
     return f"{PREFIX}:{{{session_id}}}:{kind}"
 
 
-def session_keys(session_id: str) -> list[str]:
-    return [session_key(session_id, kind) for kind in SESSION_KEYS]
+def session_keys(session_id: str, count: int = len(SESSION_KEYS)) -> list[str]:
+    """The first ``count`` of a session's keys, in script order (a script declares only what it uses)."""
+    return [session_key(session_id, kind) for kind in SESSION_KEYS[:count]]
 
 
 def events_channel(session_id: str) -> str:

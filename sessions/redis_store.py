@@ -45,6 +45,7 @@ log = logging.getLogger("parley.redis")
 
 P = ParamSpec("P")
 T = TypeVar("T")
+Item = TypeVar("Item")
 
 #: URL scheme selecting Redis Cluster mode: ``redis+cluster://seed-host:port``.
 CLUSTER_SCHEME = "redis+cluster://"
@@ -189,7 +190,7 @@ class RedisStore:
     @_guard
     async def create_session(self, session_id: str, tenant: str, user: str, token_hash: str) -> None:
         ok = await self._scripts["CREATE"](
-            keys=keys.session_keys(session_id)[:1],
+            keys=keys.session_keys(session_id, 1),
             args=self._args(session_id, tenant, user, token_hash, int(time.time() * 1000)),
         )
         if not ok:
@@ -252,6 +253,24 @@ class RedisStore:
             "accepted", entries, message_id=message_id, response_id=response_id, history=history
         )
 
+    async def _batched(
+        self,
+        items: Sequence[Item],
+        session_of: Callable[[Item], str],
+        call: Callable[[Sequence[Item]], Awaitable[list[Any]]],
+    ) -> list[Any]:
+        """Run a many-session script over ``items`` in one call, or in a cluster (where a call may
+        only touch one slot) one call per session, concurrently; answers come back in item order."""
+        if not self.cluster:
+            return await call(items)
+        by_session: dict[str, list[int]] = {}
+        for i, item in enumerate(items):
+            by_session.setdefault(session_of(item), []).append(i)
+        groups = list(by_session.values())
+        done = await asyncio.gather(*(call([items[i] for i in g]) for g in groups))
+        ordered = {i: r for g, chunk in zip(groups, done, strict=True) for i, r in zip(g, chunk, strict=True)}
+        return [ordered[i] for i in range(len(items))]
+
     @_guard
     async def append_deltas(self, writes: Sequence[DeltaWrite]) -> list[DeltaOutcome]:
         """One script call for the whole per-tick batch of every local generation (one per session
@@ -262,23 +281,12 @@ class RedisStore:
             ks: list[str] = []
             args: list[Any] = [self.log_max_len, self.instance_id, self.session_ttl_ms]
             for w in batch:
-                ks += keys.session_keys(w.session_id)[:3]
+                ks += keys.session_keys(w.session_id, 3)
                 channel = keys.events_channel(w.session_id)
                 args += [channel, self._self_subscribed(channel), w.response_id, w.text, w.body]
             return list(await script(keys=ks, args=args, client=self._flusher))
 
-        if self.cluster:
-            by_session: dict[str, list[int]] = {}
-            for i, w in enumerate(writes):
-                by_session.setdefault(w.session_id, []).append(i)
-            groups = list(by_session.values())
-            done = await asyncio.gather(*(call([writes[i] for i in g]) for g in groups))
-            ordered = {
-                i: res for g, chunk in zip(groups, done, strict=True) for i, res in zip(g, chunk, strict=True)
-            }
-            results = [ordered[i] for i in range(len(writes))]
-        else:
-            results = await call(writes)
+        results = await self._batched(writes, lambda w: w.session_id, call)
         out: list[DeltaOutcome] = []
         for w, res in zip(writes, results, strict=True):
             if len(res) == 1:
@@ -297,14 +305,10 @@ class RedisStore:
         script = self._scripts["RENEW"]
 
         async def call(batch: Sequence[tuple[str, str]]) -> list[LeaseOutcome]:
-            ks = [keys.session_keys(sid)[0] for sid, _ in batch]
+            ks = [keys.session_key(sid, keys.META) for sid, _ in batch]
             return list(await script(keys=ks, args=[deadline_ms, *(rid for _, rid in batch)]))
 
-        if self.cluster:
-            chunks = await asyncio.gather(*(call([lease]) for lease in leases))
-            results = [r for chunk in chunks for r in chunk]
-        else:
-            results = await call(leases)
+        results = await self._batched(leases, lambda lease: lease[0], call)
         outcomes = zip(leases, results, strict=True)
         live = {f"{sid}\t{rid}": deadline_ms for (sid, rid), r in outcomes if r == "ok"}
         if live:
@@ -347,7 +351,7 @@ class RedisStore:
     @_guard
     async def request_cancel(self, session_id: str, response_id: str | None) -> tuple[CancelOutcome, str]:
         res = await self._scripts["CANCEL"](
-            keys=keys.session_keys(session_id)[:6],
+            keys=keys.session_keys(session_id, 6),
             args=self._args(session_id, response_id or "", keys.CONTROL_CHANNEL, session_id),
         )
         return res[0], res[1]
@@ -399,7 +403,7 @@ class RedisStore:
 
     @_guard
     async def snapshot(self, session_id: str) -> Snapshot:
-        seq, active, text, turns = await self._scripts["SNAPSHOT"](keys=keys.session_keys(session_id)[:4])
+        seq, active, text, turns = await self._scripts["SNAPSHOT"](keys=keys.session_keys(session_id, 4))
         in_flight = {"role": "assistant", "id": active, "content": text} if active else None
         return Snapshot(int(seq), [json.loads(t) for t in turns], in_flight)
 
