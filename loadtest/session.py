@@ -456,14 +456,20 @@ class LoadSession:
                 self.stats.counts["resends"] += 1
                 self.proto.send_text(message)
 
-    async def run(self, turns: int | None) -> None:
-        """Connect, then take ``turns`` turns (None: until the run stops turns), then close."""
-        ctx = self.ctx
+    async def _open(self) -> bool:
+        """The session's first connect; a failure is counted, and False returned."""
         try:
             await self.connect(resume=False)
         except (OSError, HandshakeError, TimeoutError, SessionFailed) as exc:
             self.stats.failures[_error_code(exc, "connect")] += 1
             self.stats.counts["sessions_failed"] += 1
+            return False
+        return True
+
+    async def run(self, turns: int | None) -> None:
+        """Connect, then take ``turns`` turns (None: until the run stops turns), then close."""
+        ctx = self.ctx
+        if not await self._open():
             return
         try:
             turn = 0
@@ -491,11 +497,8 @@ class LoadSession:
     async def hold(self, until: asyncio.Future[None]) -> None:
         """Idle mode: connect and stay connected (answering pings, counting heartbeats) until told."""
         try:
-            await self.connect(resume=False)
-        except (OSError, HandshakeError, TimeoutError, SessionFailed) as exc:
-            self.stats.failures[_error_code(exc, "connect")] += 1
-            self.stats.counts["sessions_failed"] += 1
-            return
+            if not await self._open():
+                return
         finally:
             self.ctx.settle()
         try:
