@@ -14,10 +14,12 @@ from types import SimpleNamespace
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from protocol.asyncapi import asyncapi_document
 from protocol.errors import ParleyError
@@ -38,6 +40,24 @@ from .settings import Settings
 log = logging.getLogger("parley")
 
 WEB_DEMO = Path(__file__).resolve().parent.parent / "web-demo"
+
+
+class WebSocketFirst:
+    """Serve one WebSocket path with the server's own ``send``.
+
+    Routed the usual way, a router and two exception wrappers would sit between every
+    frame and the socket (none of them acts on a WebSocket), and they would hide the
+    transport that ``server/inline.py`` writes frames to.
+    """
+
+    def __init__(self, app: ASGIApp, path: str, endpoint: ASGIApp) -> None:
+        self.app, self.path, self.endpoint = app, path, endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == self.path:
+            await self.endpoint(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 def build_catalog(settings: Settings, metrics: Metrics | None = None) -> ModelCatalog:
@@ -245,7 +265,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return FileResponse(WEB_DEMO / "index.html")
 
     routes: list[Any] = [
-        WebSocketRoute("/v1/ws", websocket_endpoint),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/v1/asyncapi.json", asyncapi),
@@ -254,6 +273,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
     ]
     if WEB_DEMO.is_dir():
         routes += [Route("/", index), Mount("/", StaticFiles(directory=WEB_DEMO), name="web-demo")]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    # /v1/ws is served ahead of the router (WebSocketFirst), not as a route
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[Middleware(WebSocketFirst, path="/v1/ws", endpoint=websocket_endpoint)],
+    )
     app.state.parley = state
     return app

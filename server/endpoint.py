@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from protocol import PROTOCOL_VERSION, encode, error_event, parse_client
@@ -54,7 +55,7 @@ from sessions.keys import REPLAY_CHUNK
 
 from . import logs
 from .auth import Authenticator, Identity
-from .inline import send_now
+from .inline import Direct, direct_transport, send_now, writable, write_all
 from .metrics import Metrics
 from .ratelimit import Limiter, Refusal
 from .service import OpenedSession, Principal, SessionService
@@ -156,9 +157,9 @@ class Connection:
 
     # slotted: 10,000 idle connections are 10,000 of these (docs/benchmarks.md, B5)
     __slots__ = (
-        "_abandoned", "_catcher", "_closing", "_frames", "_hb_interval", "_last_sent", "_lock", "_main",
-        "_must_read", "_pending_write", "_retrying", "_send_timeout", "_stalled", "_started", "_strikes",
-        "_sub", "_watcher", "_write_deadline", "_writing", "auth", "charges", "closed", "conn_id",
+        "_abandoned", "_catcher", "_closing", "_direct", "_frames", "_hb_interval", "_last_sent", "_lock",
+        "_main", "_must_read", "_pending_write", "_retrying", "_send_timeout", "_stalled", "_started",
+        "_strikes", "_sub", "_watcher", "_write_deadline", "_writing", "auth", "charges", "closed", "conn_id",
         "holds_slot", "identity", "last_seq", "limiter", "metrics", "registry", "service", "session_id",
         "settings", "slow", "store", "trace_id", "who", "ws",
     )  # fmt: skip
@@ -170,12 +171,14 @@ class Connection:
         settings: Settings,
         registry: set[Connection],
         *,
+        direct: Direct | None = None,
         auth: Authenticator | None = None,
         limiter: Limiter | None = None,
         metrics: Metrics | None = None,
         charges: dict[str, asyncio.Task[None]] | None = None,
     ):
         self.ws = ws
+        self._direct = direct  # uvicorn's transport, when frames may be written to it directly
         self.service = service
         self.store = service.store
         self.settings = settings
@@ -221,6 +224,10 @@ class Connection:
 
     async def _write(self, frames: list[str]) -> None:
         """Write frames (lock held); each must leave within the send timeout, else ``SlowPeer``."""
+        if writable(self._direct):  # all of them in one transport write (a replay is one syscall)
+            write_all(self._direct, frames)
+            self._last_sent = time.monotonic()
+            return
         for text in frames:
             await self._guarded(self.ws.send_text(text))
 
@@ -534,7 +541,7 @@ class Connection:
         frames, hole = fresh(entries, self.last_seq)
         try:
             for entry in frames:
-                pending = send_now(self.ws, entry.data)
+                pending = send_now(self.ws, self._direct, entry.data)
                 self.last_seq = entry.seq
                 if pending is not None:  # the peer pushes back: the catcher finishes this frame first
                     self._pending_write = pending
@@ -629,7 +636,7 @@ class Connection:
         self._last_sent = now
         hb = encode(Heartbeat(ts=int(time.time() * 1000), last_seq=self.last_seq))
         try:
-            self._pending_write = send_now(self.ws, hb)
+            self._pending_write = send_now(self.ws, self._direct, hb)
         except Exception as exc:
             self._gone(exc)
             return
@@ -706,7 +713,9 @@ class Connection:
             raise InvalidMessage("hello was already received on this connection", ref={"type": "hello"})
 
 
-async def websocket_endpoint(ws: WebSocket) -> None:
+async def websocket_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+    """``/v1/ws`` as an ASGI app: it keeps the server's own ``send``, the way to its transport (inline.py)."""
+    ws = WebSocket(scope, receive, send)
     state = ws.app.state.parley
     settings: Settings = state.settings
     if any(name.lower() in TOKEN_PARAMS for name in query_names(ws)):
@@ -734,6 +743,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         state.service,
         settings,
         state.connections,
+        direct=direct_transport(send),
         auth=state.auth,
         limiter=state.limiter,
         metrics=state.metrics,

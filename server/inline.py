@@ -1,25 +1,86 @@
-"""Write a WebSocket frame from synchronous code, finishing later only if the socket pushes back.
+"""Write WebSocket frames from synchronous code: straight into uvicorn's transport when it can take them.
 
 uvicorn's ASGI ``send`` suspends only while the transport is paused (the peer is not
 reading); otherwise it writes the frame into the transport and returns without ever
 yielding. Running it inline lets the fan-out write a live event straight to every
 reader's socket, with no task and no task switch per connection per event.
+
+Cheaper still, when the endpoint was handed uvicorn's own ``send`` (see
+``server/app.py``, ``WebSocketFirst``) on its sans-I/O websockets protocol without
+extensions (``parley serve`` turns per-message deflate off): a text frame is two header
+bytes and the payload, so it is framed here (RFC 6455 §5.2, server frames are not
+masked) and written to the transport directly, and a replay of many frames is one
+write. That skips five Python layers per frame (Starlette's WebSocket, uvicorn's
+``send``, websockets' framing) and a syscall per replayed frame (docs/benchmarks.md).
+Whenever the transport is paused, closing or gone, or another server runs the app,
+frames take the ASGI ``send`` instead, which keeps its flow control and errors.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 from starlette.websockets import WebSocket
+from websockets.protocol import State
+
+try:
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+except ImportError:  # another uvicorn layout: always the ASGI send
+    WebSocketsSansIOProtocol = None  # type: ignore[assignment,misc]
+
+Direct = Any  # a uvicorn WebSocketsSansIOProtocol whose transport takes our frames
 
 
-def send_now(ws: WebSocket, text: str) -> Coroutine[Any, Any, None] | None:
+def direct_transport(send: Any) -> Direct | None:
+    """The uvicorn protocol behind an ASGI ``send`` when frames may be written to its transport, else None.
+
+    Call it after the handshake: only then are the negotiated extensions known.
+    """
+    proto = getattr(send, "__self__", None)
+    if WebSocketsSansIOProtocol is None or type(proto) is not WebSocketsSansIOProtocol:
+        return None
+    if proto.conn.extensions:  # a negotiated extension (deflate) transforms every frame: not ours to frame
+        return None
+    return proto
+
+
+def text_frame(text: str) -> bytes:
+    """One final, unmasked text frame (RFC 6455 §5.2)."""
+    data = text.encode()
+    n = len(data)
+    if n < 126:
+        return bytes((0x81, n)) + data
+    if n < 65536:
+        return b"\x81\x7e" + n.to_bytes(2, "big") + data
+    return b"\x81\x7f" + n.to_bytes(8, "big") + data
+
+
+def writable(direct: Direct | None) -> bool:
+    """The transport takes frames now: not paused by the peer, no close sent or received, not lost."""
+    return (
+        direct is not None
+        and direct.writable.is_set()
+        and not direct.disconnected
+        and not direct.close_sent
+        and direct.conn.state is State.OPEN
+    )
+
+
+def write_all(direct: Direct, texts: Iterable[str]) -> None:
+    """Frames in one transport write; only when ``writable(direct)``."""
+    direct.transport.write(b"".join([text_frame(text) for text in texts]))
+
+
+def send_now(ws: WebSocket, direct: Direct | None, text: str) -> Coroutine[Any, Any, None] | None:
     """Send one text frame; None when it was written at once, else a coroutine that finishes it.
 
     The caller must await (or ``close()``) what is returned before writing another frame.
     """
+    if writable(direct):
+        direct.transport.write(text_frame(text))
+        return None
     coro = ws.send({"type": "websocket.send", "text": text})
     try:
         step = coro.send(None)
