@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from sessions import keys
+from sessions.redis_wire import DRIVER_INFO
 
 from .service import Principal
 from .settings import Settings
@@ -349,7 +350,9 @@ class RedisLimiter:
         from redis.asyncio.cluster import RedisCluster
 
         self.limits = limits
-        options: dict[str, Any] = dict(decode_responses=True, socket_timeout=2.0, socket_connect_timeout=1.0)
+        options: dict[str, Any] = dict(
+            decode_responses=True, socket_timeout=2.0, socket_connect_timeout=1.0, driver_info=DRIVER_INFO
+        )
         self.cluster = url.startswith(CLUSTER_SCHEME)
         self._r: Any
         if self.cluster:  # every script's keys share the tenant's hash tag: one slot per call

@@ -29,7 +29,7 @@ from protocol.errors import InternalError, UpstreamUnavailable
 
 from . import keys, redis_lua
 from .fanout import Fanout, Subscriber
-from .redis_wire import with_hiredis_packing
+from .redis_wire import DRIVER_INFO, with_hiredis_packing
 from .store import (
     AcceptResult,
     CancelOutcome,
@@ -103,6 +103,7 @@ class RedisStore:
             decode_responses=True,
             socket_timeout=SOCKET_TIMEOUT_S,
             socket_connect_timeout=CONNECT_TIMEOUT_S,
+            driver_info=DRIVER_INFO,
         )
         self.cluster = url.startswith(CLUSTER_SCHEME)
         if self.cluster:

@@ -340,3 +340,22 @@ def test_hiredis_packing_writes_the_bytes_redis_py_writes() -> None:
     for cmd in commands:
         assert b"".join(fast.pack_command(*cmd)) == b"".join(plain.pack_command(*cmd))
     assert with_hiredis_packing(type(fast)) is type(fast)
+
+
+async def test_new_redis_connections_skip_the_metadata_lookup(redis_url: str, monkeypatch: Any) -> None:
+    """A burst that grows the store's connection pool never reads redis-py's version from package metadata."""
+    import redis.utils
+
+    from sessions import open_store
+
+    def no_lookup() -> str:
+        raise AssertionError("redis-py looked its version up for a new connection")
+
+    monkeypatch.setattr(redis.utils, "get_lib_version", no_lookup)
+    s = open_store(redis_url)
+    await s.start()
+    try:
+        await asyncio.gather(*(s.create_session(f"drv{i}", "t", "u", "h") for i in range(8)))
+        assert all([await s.get_session(f"drv{i}") for i in range(8)])
+    finally:
+        await s.close()
