@@ -108,7 +108,8 @@ async def until_in_log(proc: ServerProcess, needle: str, timeout: float = 20) ->
 
 
 async def test_logs_are_json_with_ids_and_never_text_or_tokens(tmp_path: Path) -> None:
-    """Every log line is JSON; lines carry trace/session/response ids; no token or message text appears."""
+    """Every log line is JSON; lines carry trace/session/response ids; no token or message text appears;
+    handshake chatter (open, accepted) is left out while refusals are logged."""
     proc = ServerProcess(
         {"PARLEY_STORE": "memory://", "PARLEY_AUTH_JWT_SECRET": SECRET, "PARLEY_ECHO_TOKENS_PER_SECOND": "0"}
     )
@@ -149,6 +150,8 @@ async def test_logs_are_json_with_ids_and_never_text_or_tokens(tmp_path: Path) -
     for secret in (token, forged, query_token, secret_text, "zanzibar", reply.strip()):
         assert secret not in text
     assert "Traceback" not in text
+    assert not [line for line in lines if line["msg"] == "connection open" or "[accepted]" in line["msg"]]
+    assert [line for line in lines if line["msg"].endswith('"WebSocket /v1/ws?[redacted]" 401')]
 
 
 def test_auth_off_is_announced_loudly_at_startup() -> None:
