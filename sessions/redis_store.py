@@ -141,6 +141,7 @@ class RedisStore:
         self._to_unsubscribe: set[str] = set()
         self._changes = asyncio.Event()
         self._subscriber: asyncio.Task[None] | None = None
+        self._indexing: set[asyncio.Task[None]] = set()  # lease index writes in flight
         self._closed = False
 
     # ------------------------------------------------------------ lifecycle
@@ -152,6 +153,7 @@ class RedisStore:
     async def close(self) -> None:
         self._closed = True
         self._changes.set()
+        await self._indexed()
         for task in (self._subscriber, self._listener):
             if task:
                 task.cancel()
@@ -196,8 +198,7 @@ class RedisStore:
         )
         if not ok:
             raise InternalError("session id collision")
-        with contextlib.suppress(RedisError):
-            await self._r.zadd(keys.SESSIONS_INDEX, {session_id: int(time.time() * 1000)})
+        self._index(keys.SESSIONS_INDEX, session_id, int(time.time() * 1000))
 
     @_guard
     async def get_session(self, session_id: str) -> SessionRecord | None:
@@ -248,11 +249,39 @@ class RedisStore:
             return AcceptResult(status, response_id=res[1])
         entries = [LogEntry(int(res[1]), res[2]), LogEntry(int(res[3]), res[4])]
         self.fanout.publish(session_id, entries)
-        await self._r.zadd(keys.LEASES, {f"{session_id}\t{response_id}": now_ms + lease_ms})
+        # the model call need not wait for the lease index (the renew loop writes it again every period)
+        self._index(keys.LEASES, f"{session_id}\t{response_id}", now_ms + lease_ms)
         history = [json.loads(t) for t in res[5]]
         return AcceptResult(
             "accepted", entries, message_id=message_id, response_id=response_id, history=history
         )
+
+    def _index(self, key: str, member: str, score: int | None) -> None:
+        """Add (or, with no score, remove) an index entry without making the caller wait for the reply.
+
+        The indexes (leases, recently active sessions) serve other processes, the reaper and
+        the feedback export, never the request at hand. A lost write costs little: a lease is
+        written again at its next renewal, a session at its next event, and the reaper skips
+        an entry whose response is no longer active. Scores only grow (``GT``): a late write
+        cannot move a lease deadline back. Reads of an index wait for this process's writes.
+        """
+        task = asyncio.create_task(self._write_index(key, member, score))
+        self._indexing.add(task)
+        task.add_done_callback(self._indexing.discard)
+
+    async def _write_index(self, key: str, member: str, score: int | None) -> None:
+        try:
+            if score is None:
+                await self._r.zrem(key, member)
+            else:
+                await self._r.zadd(key, {member: score}, gt=True)
+        except Exception as exc:
+            log.warning("index write to %s failed (%s)", key, type(exc).__name__)
+
+    async def _indexed(self) -> None:
+        """Wait for this process's index writes in flight: it reads its own writes."""
+        if self._indexing:
+            await asyncio.gather(*self._indexing, return_exceptions=True)
 
     async def _batched(
         self,
@@ -313,7 +342,8 @@ class RedisStore:
         outcomes = zip(leases, results, strict=True)
         live = {f"{sid}\t{rid}": deadline_ms for (sid, rid), r in outcomes if r == "ok"}
         if live:
-            await self._r.zadd(keys.LEASES, live)
+            await self._indexed()
+            await self._r.zadd(keys.LEASES, live, gt=True)
         return results
 
     @_guard
@@ -337,7 +367,7 @@ class RedisStore:
                 "" if expired_before is None else expired_before,
             ),
         )
-        await self._r.zrem(keys.LEASES, f"{session_id}\t{response_id}")
+        self._index(keys.LEASES, f"{session_id}\t{response_id}", None)
         if len(res) == 1:
             return None
         entry = _entry(res)
@@ -346,6 +376,7 @@ class RedisStore:
 
     @_guard
     async def expired_leases(self, now_ms: int, limit: int = 100) -> list[tuple[str, str]]:
+        await self._indexed()
         members = await self._r.zrangebyscore(keys.LEASES, "-inf", now_ms, start=0, num=limit)
         return [tuple(m.split("\t", 1)) for m in members]  # type: ignore[misc]
 
@@ -369,8 +400,7 @@ class RedisStore:
             return None
         entry = _entry(res)
         self.fanout.publish(session_id, [entry])
-        with contextlib.suppress(RedisError):  # the index is for listing (feedback export), not truth
-            await self._r.zadd(keys.SESSIONS_INDEX, {session_id: int(time.time() * 1000)})
+        self._index(keys.SESSIONS_INDEX, session_id, int(time.time() * 1000))
         return entry
 
     @_guard
@@ -381,6 +411,7 @@ class RedisStore:
     @_guard
     async def list_sessions(self, since_ms: int, offset: int = 0, limit: int = 1000) -> list[str]:
         """From ``keys.SESSIONS_INDEX``; index entries of expired sessions are pruned a batch per call."""
+        await self._indexed()
         horizon = int(time.time() * 1000) - self.session_ttl_ms
         stale = await self._r.zrangebyscore(keys.SESSIONS_INDEX, "-inf", horizon, start=0, num=500)
         if stale:
