@@ -464,11 +464,13 @@ class RedisStore:
             try:
                 async with asyncio.timeout(SOCKET_TIMEOUT_S):
                     await asyncio.shield(fut)
-            except (TimeoutError, UpstreamUnavailable) as exc:
+            except BaseException as exc:  # a timeout, an outage, or the caller gone: leave no reader behind
                 self.fanout.unsubscribe(sub)
-                raise UpstreamUnavailable(
-                    "session store unavailable", retry_after_ms=OUTAGE_RETRY_AFTER_MS
-                ) from exc
+                if isinstance(exc, (TimeoutError, UpstreamUnavailable)):
+                    raise UpstreamUnavailable(
+                        "session store unavailable", retry_after_ms=OUTAGE_RETRY_AFTER_MS
+                    ) from exc
+                raise
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
