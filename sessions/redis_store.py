@@ -141,7 +141,10 @@ class RedisStore:
         self._to_unsubscribe: set[str] = set()
         self._changes = asyncio.Event()
         self._subscriber: asyncio.Task[None] | None = None
-        self._indexing: set[asyncio.Task[None]] = set()  # lease index writes in flight
+        # index entries (leases, sessions) waiting for the one task that writes them: key -> member
+        self._index_adds: dict[str, dict[str, int]] = {}
+        self._index_removes: dict[str, set[str]] = {}
+        self._index_writer: asyncio.Task[None] | None = None
         self._closed = False
 
     # ------------------------------------------------------------ lifecycle
@@ -260,28 +263,45 @@ class RedisStore:
         """Add (or, with no score, remove) an index entry without making the caller wait for the reply.
 
         The indexes (leases, recently active sessions) serve other processes, the reaper and
-        the feedback export, never the request at hand. A lost write costs little: a lease is
-        written again at its next renewal, a session at its next event, and the reaper skips
-        an entry whose response is no longer active. Scores only grow (``GT``): a late write
-        cannot move a lease deadline back. Reads of an index wait for this process's writes.
+        the feedback export, never the request at hand. Entries wait in a batch that one task
+        writes (one ZADD / ZREM per index for a burst of turns or hellos), in order. A lost
+        write costs little: a lease is written again at its next renewal, a session at its next
+        event, and the reaper skips an entry whose response is no longer active. Scores only
+        grow (``GT``): a late write cannot move a lease deadline back. Reads of an index wait
+        for this process's writes.
         """
-        task = asyncio.create_task(self._write_index(key, member, score))
-        self._indexing.add(task)
-        task.add_done_callback(self._indexing.discard)
+        adds = self._index_adds.setdefault(key, {})
+        removes = self._index_removes.setdefault(key, set())
+        if score is None:
+            adds.pop(member, None)
+            removes.add(member)
+        else:
+            removes.discard(member)
+            adds[member] = max(score, adds.get(member, score))
+        if self._index_writer is None:
+            self._index_writer = asyncio.create_task(self._write_indexes(), name="parley-redis-index")
 
-    async def _write_index(self, key: str, member: str, score: int | None) -> None:
+    async def _write_indexes(self) -> None:
         try:
-            if score is None:
-                await self._r.zrem(key, member)
-            else:
-                await self._r.zadd(key, {member: score}, gt=True)
-        except Exception as exc:
-            log.warning("index write to %s failed (%s)", key, type(exc).__name__)
+            while self._index_adds or self._index_removes:
+                adds, self._index_adds = self._index_adds, {}
+                removes, self._index_removes = self._index_removes, {}
+                for key in {*adds, *removes}:
+                    try:
+                        if adds.get(key):
+                            await self._r.zadd(key, adds[key], gt=True)
+                        if removes.get(key):
+                            await self._r.zrem(key, *removes[key])
+                    except Exception as exc:
+                        log.warning("index write to %s failed (%s)", key, type(exc).__name__)
+        finally:
+            self._index_writer = None
 
     async def _indexed(self) -> None:
         """Wait for this process's index writes in flight: it reads its own writes."""
-        if self._indexing:
-            await asyncio.gather(*self._indexing, return_exceptions=True)
+        writer = self._index_writer
+        if writer is not None:
+            await asyncio.shield(writer)
 
     async def _batched(
         self,

@@ -359,3 +359,33 @@ async def test_new_redis_connections_skip_the_metadata_lookup(redis_url: str, mo
         assert all([await s.get_session(f"drv{i}") for i in range(8)])
     finally:
         await s.close()
+
+
+async def test_index_entries_of_a_burst_go_out_as_one_command_per_index(redis_url: str) -> None:
+    """Index writes made together reach Redis as one ZADD (and one ZREM) per index, in the order made."""
+    import redis.asyncio as aioredis
+
+    from sessions import keys, open_store
+
+    admin = aioredis.Redis.from_url(redis_url, decode_responses=True)
+
+    async def calls(command: str) -> int:
+        stats = await admin.info("commandstats")
+        return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+    s: Any = open_store(redis_url)
+    await s.start()
+    try:
+        before = await calls("zadd"), await calls("zrem")
+        for i in range(20):
+            s._index(keys.LEASES, f"burst{i}\tr1", 10_000 + i)
+        s._index(keys.LEASES, "burst0\tr1", None)  # removed after being added: stays out
+        s._index(keys.LEASES, "burst1\tr1", 5_000)  # an older deadline: the later one stays
+        await s.expired_leases(0)  # a read of the index waits for the writes
+        after = await calls("zadd"), await calls("zrem")
+        scores = dict(await admin.zrange(keys.LEASES, 0, -1, withscores=True))
+    finally:
+        await s.close()
+        await admin.aclose()
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
+    assert "burst0\tr1" not in scores and scores["burst1\tr1"] == 10_001 and len(scores) == 19
