@@ -389,7 +389,8 @@ class Connection:
 
     async def _await_hello(self) -> Hello | None:
         try:
-            msg = await asyncio.wait_for(self.ws.receive(), self.settings.hello_timeout_ms / 1000)
+            async with asyncio.timeout(self.settings.hello_timeout_ms / 1000):  # no task, unlike wait_for
+                msg = await self.ws.receive()
             text = self._text(msg)
         except TimeoutError:
             await self.close(CloseCode.HELLO_TIMEOUT, "no hello in time")
