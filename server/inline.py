@@ -10,8 +10,8 @@ Cheaper still, when the endpoint was handed uvicorn's own ``send`` (see
 extensions (``parley serve`` turns per-message deflate off): a text frame is two header
 bytes and the payload, so it is framed here (RFC 6455 §5.2, server frames are not
 masked) and written to the transport directly, and a replay of many frames is one
-write. That skips five Python layers per frame (Starlette's WebSocket, uvicorn's
-``send``, websockets' framing) and a syscall per replayed frame (docs/benchmarks.md).
+write. That skips Starlette's ``WebSocket.send``, uvicorn's ``send`` and websockets'
+framing per frame, and a syscall per replayed frame (docs/architecture.md).
 Whenever the transport is paused, closing or gone, or another server runs the app,
 frames take the ASGI ``send`` instead, which keeps its flow control and errors.
 """
