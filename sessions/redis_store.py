@@ -145,6 +145,8 @@ class RedisStore:
         self._index_adds: dict[str, dict[str, int]] = {}
         self._index_removes: dict[str, set[str]] = {}
         self._index_writer: asyncio.Task[None] | None = None
+        self._index_next: asyncio.Future[None] | None = None  # done once the entries waiting are written
+        self._index_inflight: asyncio.Future[None] | None = None  # done once the batch being written is
         self._closed = False
 
     # ------------------------------------------------------------ lifecycle
@@ -278,6 +280,8 @@ class RedisStore:
         else:
             removes.discard(member)
             adds[member] = max(score, adds.get(member, score))
+        if self._index_next is None:
+            self._index_next = asyncio.get_running_loop().create_future()
         if self._index_writer is None:
             self._index_writer = asyncio.create_task(self._write_indexes(), name="parley-redis-index")
 
@@ -286,22 +290,32 @@ class RedisStore:
             while self._index_adds or self._index_removes:
                 adds, self._index_adds = self._index_adds, {}
                 removes, self._index_removes = self._index_removes, {}
-                for key in {*adds, *removes}:
-                    try:
-                        if adds.get(key):
-                            await self._r.zadd(key, adds[key], gt=True)
-                        if removes.get(key):
-                            await self._r.zrem(key, *removes[key])
-                    except Exception as exc:
-                        log.warning("index write to %s failed (%s)", key, type(exc).__name__)
+                done, self._index_next = self._index_next, None
+                self._index_inflight = done
+                try:
+                    writes = [(key, "ZADD", members) for key, members in adds.items() if members]
+                    writes += [(key, "ZREM", members) for key, members in removes.items() if members]
+                    for key, command, members in writes:
+                        try:
+                            if command == "ZADD":
+                                await self._r.zadd(key, members, gt=True)
+                            else:
+                                await self._r.zrem(key, *members)
+                        except Exception as exc:
+                            log.warning("index %s to %s failed (%s)", command, key, type(exc).__name__)
+                finally:
+                    self._index_inflight = None
+                    if done is not None and not done.done():
+                        done.set_result(None)
         finally:
             self._index_writer = None
 
     async def _indexed(self) -> None:
-        """Wait for this process's index writes in flight: it reads its own writes."""
-        writer = self._index_writer
-        if writer is not None:
-            await asyncio.shield(writer)
+        """Wait until this process's index writes made so far are written (not for later ones: under
+        steady traffic the writer never idles)."""
+        batch = self._index_next or self._index_inflight
+        if batch is not None:
+            await asyncio.shield(batch)
 
     async def _batched(
         self,
@@ -349,7 +363,7 @@ class RedisStore:
 
     @_guard
     async def renew(self, leases: Sequence[tuple[str, str]], deadline_ms: int) -> list[LeaseOutcome]:
-        """One script call for all leases (one per session in a cluster), then one ZADD of the live ones."""
+        """One script call for all leases (one per session in a cluster); the live ones go to the index."""
         if not leases:
             return []
         script = self._scripts["RENEW"]
@@ -360,10 +374,10 @@ class RedisStore:
 
         results = await self._batched(leases, lambda lease: lease[0], call)
         outcomes = zip(leases, results, strict=True)
-        live = {f"{sid}\t{rid}": deadline_ms for (sid, rid), r in outcomes if r == "ok"}
-        if live:
-            await self._indexed()
-            await self._r.zadd(keys.LEASES, live, gt=True)
+        for (sid, rid), r in outcomes:
+            if r == "ok":
+                self._index(keys.LEASES, f"{sid}\t{rid}", deadline_ms)
+        await self._indexed()
         return results
 
     @_guard

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from typing import Any
@@ -389,3 +390,76 @@ async def test_index_entries_of_a_burst_go_out_as_one_command_per_index(redis_ur
         await admin.aclose()
     assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
     assert "burst0\tr1" not in scores and scores["burst1\tr1"] == 10_001 and len(scores) == 19
+
+
+async def test_index_writes_keep_their_order_and_deadlines_only_grow(redis_url: str) -> None:
+    """A removal after an earlier batch's add wins, and a lower score for a member already in Redis
+    leaves its (later) deadline in place."""
+    import redis.asyncio as aioredis
+
+    from sessions import keys, open_store
+
+    s: Any = open_store(redis_url)
+    await s.start()
+    try:
+        s._index(keys.LEASES, "a\tr1", 10_000)
+        s._index(keys.LEASES, "b\tr1", 10_000)
+        await s.expired_leases(0)  # the first batch is in Redis
+        s._index(keys.LEASES, "a\tr1", None)
+        s._index(keys.LEASES, "b\tr1", 5_000)
+        expired = await s.expired_leases(9_999)
+    finally:
+        await s.close()
+    admin = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    scores = dict(await admin.zrange(keys.LEASES, 0, -1, withscores=True))
+    await admin.aclose()
+    assert scores == {"b\tr1": 10_000} and expired == []
+
+
+async def test_index_reads_do_not_wait_out_steady_index_traffic(redis_url: str) -> None:
+    """While index entries keep arriving, a read of the index waits only for the writes made before it."""
+    from sessions import keys, open_store
+
+    s: Any = open_store(redis_url)
+    await s.start()
+    stop = False
+
+    async def feed() -> int:
+        for i in range(200_000):  # bounded: a writer that waited for idleness would see it end
+            if stop:
+                return i
+            s._index(keys.LEASES, f"steady{i}\tr1", 10_000 + i)
+            await asyncio.sleep(0)
+        return -1
+
+    feeder = asyncio.create_task(feed())
+    try:
+        s._index(keys.LEASES, "first\tr1", 1)
+        assert ("first", "r1") in await s.expired_leases(2)
+        stop = True
+        assert await feeder != -1  # the read returned while entries were still arriving
+    finally:
+        stop = True
+        await feeder
+        await s.close()
+
+
+async def test_a_cancelled_subscribe_leaves_no_reader(redis_url: str) -> None:
+    """A subscribe cancelled while waiting for Redis's confirmation leaves no reader in the fan-out."""
+    from sessions import open_store
+
+    s: Any = open_store(redis_url)
+    await s.start()
+    try:
+        pending = asyncio.create_task(s.subscribe("s-cancel"))
+        for _ in range(100):  # until it registered its reader (it then waits for the confirmation)
+            if s.fanout.sessions():
+                break
+            await asyncio.sleep(0)
+        assert s.fanout.sessions() == ["s-cancel"] and not pending.done()
+        pending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pending
+        assert s.fanout.sessions() == []
+    finally:
+        await s.close()
