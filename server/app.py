@@ -53,8 +53,15 @@ class WebSocketFirst:
     def __init__(self, app: ASGIApp, path: str, endpoint: ASGIApp) -> None:
         self.app, self.path, self.endpoint = app, path, endpoint
 
+    @staticmethod
+    def _route_path(scope: Scope) -> str:
+        """The path below the app's mount point, as Starlette's router sees it."""
+        path: str = scope["path"]
+        root: str = scope.get("root_path", "")
+        return path[len(root) :] if root and path.startswith(root) else path
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket" and scope["path"] == self.path:
+        if scope["type"] == "websocket" and self._route_path(scope) == self.path:
             await self.endpoint(scope, receive, send)
         else:
             await self.app(scope, receive, send)

@@ -55,7 +55,7 @@ from sessions.keys import REPLAY_CHUNK
 
 from . import logs
 from .auth import Authenticator, Identity
-from .inline import Direct, direct_transport, send_now, writable, write_all
+from .inline import Direct, direct_transport, send_now, writable, write_some
 from .metrics import Metrics
 from .ratelimit import Limiter, Refusal
 from .service import OpenedSession, Principal, SessionService
@@ -224,12 +224,14 @@ class Connection:
 
     async def _write(self, frames: list[str]) -> None:
         """Write frames (lock held); each must leave within the send timeout, else ``SlowPeer``."""
-        if writable(self._direct):  # all of them in one transport write (a replay is one syscall)
-            write_all(self._direct, frames)
-            self._last_sent = time.monotonic()
-            return
-        for text in frames:
-            await self._guarded(self.ws.send_text(text))
+        i = 0
+        while i < len(frames):
+            if writable(self._direct):  # many frames in one transport write (a replay chunk: one or a few)
+                i = write_some(self._direct, frames, i)
+                self._last_sent = time.monotonic()
+            else:
+                await self._guarded(self.ws.send_text(frames[i]))
+                i += 1
 
     async def _guarded(self, write: Any) -> None:
         """Await one frame write under the send deadline.
@@ -632,6 +634,7 @@ class Connection:
             or not self._started
             or self.closed
             or self._lock.locked()
+            or self._pending_write is not None  # a pushed-back write is not finished yet
         ):
             return
         self._last_sent = now

@@ -19,7 +19,7 @@ frames take the ASGI ``send`` instead, which keeps its flow control and errors.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from starlette.websockets import WebSocket
@@ -31,6 +31,8 @@ except ImportError:  # another uvicorn layout: always the ASGI send
     WebSocketsSansIOProtocol = None  # type: ignore[assignment,misc]
 
 Direct = Any  # a uvicorn WebSocketsSansIOProtocol whose transport takes our frames
+#: Bytes of frames written to a transport at once: its default high-water mark (64 KiB).
+WRITE_BATCH_BYTES = 64 * 1024
 
 
 def direct_transport(send: Any) -> Direct | None:
@@ -65,12 +67,27 @@ def writable(direct: Direct | None) -> bool:
         and not direct.disconnected
         and not direct.close_sent
         and direct.conn.state is State.OPEN
+        and not direct.transport.is_closing()
     )
 
 
-def write_all(direct: Direct, texts: Iterable[str]) -> None:
-    """Frames in one transport write; only when ``writable(direct)``."""
-    direct.transport.write(b"".join([text_frame(text) for text in texts]))
+def write_some(direct: Direct, texts: Sequence[str], start: int) -> int:
+    """Write ``texts[start:]`` in one transport write, up to ``WRITE_BATCH_BYTES``; the next index.
+
+    Only when ``writable(direct)``. The cap keeps a large replay from landing in the transport's
+    buffer at once: past its high-water mark the transport pauses, and the caller's next frame
+    waits under the send deadline (a slow reader is still found out).
+    """
+    frames: list[bytes] = []
+    size = 0
+    i = start
+    while i < len(texts) and size < WRITE_BATCH_BYTES:
+        frame = text_frame(texts[i])
+        frames.append(frame)
+        size += len(frame)
+        i += 1
+    direct.transport.write(b"".join(frames))
+    return i
 
 
 def send_now(ws: WebSocket, direct: Direct | None, text: str) -> Coroutine[Any, Any, None] | None:

@@ -24,8 +24,9 @@ def test_text_frame_is_byte_identical_to_websockets_framing(size: int) -> None:
 
 async def test_served_connections_write_directly_and_replay_the_same_reply() -> None:
     """Under uvicorn's sans-I/O WebSocket protocol a connection writes to the transport itself, and a
-    reply read live, then replayed on resume, is the reply of the ordinary path."""
-    async with live_server(store="memory://", echo_tokens_per_second=0, echo_reply_tokens=300) as live:
+    reply read live, then replayed on resume (over 64 KiB: several transport writes), is the reply of
+    the ordinary path."""
+    async with live_server(store="memory://", echo_tokens_per_second=0, echo_reply_tokens=30_000) as live:
         async with ParleyClient(live.url) as c:
             (conn,) = live.state.connections
             assert conn._direct is not None
@@ -37,6 +38,7 @@ async def test_served_connections_write_directly_and_replay_the_same_reply() -> 
             assert again.last_seq == logged and again.gaps == 0 and again.duplicates_dropped == 0
         expected, _ = await reference_reply(live.url, "direct please")
     assert reply.text == expected == "".join(again.texts[replayed["response_id"]])
+    assert len(reply.text.encode()) > 2 * 64 * 1024
 
 
 async def test_negotiated_compression_keeps_the_asgi_send() -> None:
@@ -52,3 +54,21 @@ async def test_negotiated_compression_keeps_the_asgi_send() -> None:
             while (ev := json.loads(await ws.recv()))["type"] != "response.completed":
                 pass
     assert ev["usage"]["output_tokens"] == 40
+
+
+def test_the_endpoint_is_found_when_the_app_is_mounted_under_a_prefix() -> None:
+    """Mounted below a path (ASGI root_path), the app still serves its WebSocket at <prefix>/v1/ws."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+    from starlette.testclient import TestClient
+
+    from server.app import create_app
+    from server.settings import Settings
+
+    outer = Starlette(routes=[Mount("/chat", app=create_app(Settings(store="memory://")))])
+    with (
+        TestClient(outer) as client,
+        client.websocket_connect("/chat/v1/ws", subprotocols=["parley.v1"]) as ws,
+    ):
+        ws.send_json({"type": "hello", "protocol": "parley.v1"})
+        assert ws.receive_json()["type"] == "session.ready"
