@@ -18,7 +18,7 @@ import websockets
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import ValidationError
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 
 from client import ParleyClient, ParleyClosed
 from server.auth import Authenticator
@@ -69,6 +69,17 @@ def other_algorithm() -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PyJWT warns that the key is short for HS512
         return mint(SECRET, alg="HS512")
+
+
+async def small_window_client(live: Any) -> ClientConnection:
+    """A client on a 4 KiB receive window that buffers one message: it fills quickly when it stops reading."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", live.port))
+    sock.setblocking(False)
+    return await connect(
+        live.url, sock=sock, subprotocols=["parley.v1"], max_queue=1, ping_interval=None, max_size=None
+    )  # type: ignore[list-item]
 
 
 async def until(predicate: Any, timeout: float = 10.0) -> None:  # noqa: ASYNC109
@@ -533,13 +544,7 @@ async def test_client_that_never_reads_is_closed_4009_and_can_resume() -> None:
         send_timeout_ms=3000,
         log_max_len=1_000_000,  # keep the whole reply in the log, so the resume is a replay
     ) as live:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window fills quickly
-        sock.connect(("127.0.0.1", live.port))
-        sock.setblocking(False)
-        ws = await connect(
-            live.url, sock=sock, subprotocols=["parley.v1"], max_queue=1, ping_interval=None, max_size=None
-        )  # type: ignore[list-item]
+        ws = await small_window_client(live)
         await ws.send(json.dumps({"type": "hello", "protocol": "parley.v1"}))
         ready = json.loads(await ws.recv())
         await ws.send(json.dumps({"type": "message.send", "client_msg_id": "c1", "content": "flood me"}))
@@ -569,13 +574,7 @@ async def test_client_that_pauses_reading_gets_every_event_in_order_once_it_read
         send_timeout_ms=60_000,
         log_max_len=1_000_000,
     ) as live:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", live.port))
-        sock.setblocking(False)
-        ws = await connect(
-            live.url, sock=sock, subprotocols=["parley.v1"], max_queue=1, ping_interval=None, max_size=None
-        )  # type: ignore[list-item]
+        ws = await small_window_client(live)
         await ws.send(json.dumps({"type": "hello", "protocol": "parley.v1"}))
         json.loads(await ws.recv())
         await ws.send(json.dumps({"type": "message.send", "client_msg_id": "c1", "content": "hold on"}))
