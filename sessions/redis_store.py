@@ -373,8 +373,7 @@ class RedisStore:
             return list(await script(keys=ks, args=[deadline_ms, *(rid for _, rid in batch)]))
 
         results = await self._batched(leases, lambda lease: lease[0], call)
-        outcomes = zip(leases, results, strict=True)
-        for (sid, rid), r in outcomes:
+        for (sid, rid), r in zip(leases, results, strict=True):
             if r == "ok":
                 self._index(keys.LEASES, f"{sid}\t{rid}", deadline_ms)
         await self._indexed()
