@@ -62,6 +62,7 @@ class ParleyClient:
         max_resumes: int = 50,
         origin: str | None = None,
         subprotocols: list[str] | None = None,
+        open_timeout: float = 10.0,
     ) -> None:
         self.url = url
         self.token = token
@@ -73,6 +74,7 @@ class ParleyClient:
         self.max_resumes = max_resumes
         self.origin = origin
         self.subprotocols = subprotocols if subprotocols is not None else [PROTOCOL]
+        self.open_timeout = open_timeout  # handshake, and again hello -> session.ready
         self.ready: dict[str, Any] | None = None
         self.resumes = 0
         self.duplicates_dropped = 0  # events the server sent twice (must stay 0)
@@ -96,7 +98,7 @@ class ParleyClient:
             origin=self.origin,  # type: ignore[arg-type]
             max_size=2**22,
             ping_interval=None,
-            open_timeout=10,
+            open_timeout=self.open_timeout,
             close_timeout=2,
         )
         hello: dict[str, Any] = {"type": "hello", "protocol": PROTOCOL}
@@ -108,7 +110,11 @@ class ParleyClient:
             hello.update(session_id=self.session_id, resume_token=self.resume_token, last_seq=self.last_seq)
         await self._ws.send(json.dumps(hello))
         try:
-            first = json.loads(await self._ws.recv())
+            async with asyncio.timeout(self.open_timeout):  # a server that never answers is a failed open
+                first = json.loads(await self._ws.recv())
+        except TimeoutError:
+            self._ws.transport.abort()
+            raise
         except ConnectionClosed as exc:
             raise ParleyClosed(
                 exc.rcvd.code if exc.rcvd else None, exc.rcvd.reason if exc.rcvd else ""

@@ -56,7 +56,8 @@ async def test_resume_on_another_instance_at_random_drop_points(pair: list[Serve
         seqs += [e["seq"] for e in reply.events if "seq" in e]
         assert reply.text == expected, f"drop after {k}"
         assert seqs == list(range(1, len(seqs) + 1)), f"drop after {k}"
-        assert c.duplicates_dropped == 0 and c.gaps == 0 and c.resumes == 1
+        assert c.duplicates_dropped == 0 and c.gaps == 0
+        assert c.resumes == (1 if k < len(seqs) else 0)  # (a reply may coalesce into fewer than k events)
         assert reply.completed["finish_reason"] == "stop"
 
 

@@ -352,3 +352,22 @@ async def test_delta_timestamps_only_when_enabled(server_factory: Any) -> None:
     async with server_factory(event_timestamps=True) as stamped, ParleyClient(stamped.url) as c:
         deltas = [e for e in (await c.ask("x")).events if e["type"] == "response.delta"]
         assert deltas and all(isinstance(d["ts"], float) and d["ts"] > 1.7e12 for d in deltas)
+
+
+async def test_client_gives_up_on_a_server_that_never_answers_hello() -> None:
+    """A server that accepts the socket but never sends session.ready fails the client's open in time."""
+    from websockets.asyncio.server import ServerConnection, serve
+
+    got_hello = asyncio.Event()
+
+    async def silent(ws: ServerConnection) -> None:
+        await ws.recv()
+        got_hello.set()
+        await ws.wait_closed()
+
+    async with serve(silent, "127.0.0.1", 0, subprotocols=["parley.v1"]) as srv:  # type: ignore[list-item]
+        port = next(iter(srv.sockets)).getsockname()[1]
+        c = ParleyClient(f"ws://127.0.0.1:{port}/v1/ws", open_timeout=0.3)
+        with pytest.raises(TimeoutError):
+            await c.connect()
+        assert got_hello.is_set()
