@@ -96,14 +96,14 @@ async def test_traceparent_is_honoured(server: Any, where: str) -> None:
     assert started["trace_id"] == TRACE
 
 
-async def until_in_log(proc: ServerProcess, needle: str, timeout: float = 20) -> str:  # noqa: ASYNC109
-    """Bounded polling of the server's log file until a line containing ``needle`` was written."""
+async def until_in_log(proc: ServerProcess, *needles: str, timeout: float = 20) -> str:  # noqa: ASYNC109
+    """Bounded polling of the server's log file until lines containing every needle were written."""
     deadline = time.monotonic() + timeout
     while True:
         text = proc.log()
-        if needle in text:
+        if all(needle in text for needle in needles):
             return text
-        assert time.monotonic() < deadline, f"{needle!r} never logged:\n{text}"
+        assert time.monotonic() < deadline, f"{needles!r} never all logged:\n{text}"
         await asyncio.sleep(0.05)
 
 
@@ -136,7 +136,8 @@ async def test_logs_are_json_with_ids_and_never_text_or_tokens(tmp_path: Path) -
         query_token = jwt.encode({"sub": "q", "tenant": "q", "exp": int(time.time()) + 300}, SECRET)
         with pytest.raises(websockets.InvalidStatus):
             await connect(f"{proc.url}?token={query_token}")
-        text = await until_in_log(proc, '"response finished"')
+        # the refusal's line may be written after the client saw the 401: wait for it too
+        text = await until_in_log(proc, '"response finished"', '[redacted]\\" 401')
     finally:
         proc.stop(signal.SIGKILL)
     lines = [json.loads(line) for line in text.splitlines() if line.strip()]  # every line parses
