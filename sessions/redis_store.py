@@ -29,6 +29,7 @@ from protocol.errors import InternalError, UpstreamUnavailable
 
 from . import keys, redis_lua
 from .fanout import Fanout, Subscriber
+from .redis_mux import Multiplexed
 from .redis_wire import DRIVER_INFO, with_hiredis_packing
 from .store import (
     AcceptResult,
@@ -121,9 +122,13 @@ class RedisStore:
             pool.connection_class = with_hiredis_packing(pool.connection_class)
             self._r = aioredis.Redis(connection_pool=pool)
             self._ps_client = self._r
-        # the delta writer's flushes (hundreds a second) keep one connection instead of taking one from
-        # the pool each time; in a cluster the client picks each slot's node itself
-        self._flusher: Any = self._r if self.cluster else self._r.client()
+        # the hot commands (the scripts, the session lookup, log reads) share one pipelined connection
+        # (redis_mux.py); in a cluster the client picks each slot's node itself
+        self._mux = (
+            Multiplexed(url, connect_timeout=CONNECT_TIMEOUT_S, reply_timeout=SOCKET_TIMEOUT_S)
+            if Multiplexed.serves(url)
+            else None
+        )
         self._scripts = {
             name: self._r.register_script(getattr(redis_lua, name))
             for name in ("CREATE", "ACCEPT", "DELTAS", "RENEW", "FINISH", "CANCEL", "FEEDBACK", "SNAPSHOT")
@@ -167,8 +172,8 @@ class RedisStore:
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
                 await self._pubsub.aclose()
-        if self._flusher is not self._r:
-            await self._flusher.aclose()
+        if self._mux is not None:
+            await self._mux.aclose()
         await self._r.aclose()
         if self._ps_client is not self._r:
             await self._ps_client.aclose()
@@ -188,6 +193,23 @@ class RedisStore:
             *extra,
         ]
 
+    async def _run(
+        self, name: str, keys: list[str], args: Sequence[Any] = (), *, before: Sequence[Any] = ()
+    ) -> Any:
+        """Run one of the store's Lua scripts (redis_lua.py), after the command ``before`` if given."""
+        script = self._scripts[name]
+        if self._mux is not None:
+            return await self._mux.evalsha(script.sha, script.script, keys, args, before=before)
+        if before:  # a cluster: the command's key lives on another node, so it costs a round trip first
+            await self._r.execute_command(*before)
+        return await script(keys=keys, args=args)
+
+    async def _hgetall(self, key: str) -> dict[str, str]:
+        if self._mux is None:
+            return dict(await self._r.hgetall(key))
+        flat = await self._mux.call("HGETALL", key)
+        return dict(zip(flat[::2], flat[1::2], strict=True))
+
     def _self_subscribed(self, channel: str) -> str:
         """ "1": our own subscription is confirmed, so a script may skip a PUBLISH that only this
         instance would receive (in a cluster NUMSUB is per node: always publish there)."""
@@ -197,9 +219,10 @@ class RedisStore:
 
     @_guard
     async def create_session(self, session_id: str, tenant: str, user: str, token_hash: str) -> None:
-        ok = await self._scripts["CREATE"](
-            keys=keys.session_keys(session_id, 1),
-            args=self._args(session_id, tenant, user, token_hash, int(time.time() * 1000)),
+        ok = await self._run(
+            "CREATE",
+            keys.session_keys(session_id, 1),
+            self._args(session_id, tenant, user, token_hash, int(time.time() * 1000)),
         )
         if not ok:
             raise InternalError("session id collision")
@@ -207,7 +230,7 @@ class RedisStore:
 
     @_guard
     async def get_session(self, session_id: str) -> SessionRecord | None:
-        m = await self._r.hgetall(keys.session_key(session_id, keys.META))
+        m = await self._hgetall(keys.session_key(session_id, keys.META))
         if not m:
             return None
         return SessionRecord(
@@ -229,9 +252,14 @@ class RedisStore:
         lease_ms: int,
     ) -> AcceptResult:
         turn = json.dumps({"role": "user", "id": message_id, "content": content})
-        res = await self._scripts["ACCEPT"](
-            keys=keys.session_keys(session_id),
-            args=self._args(
+        lease = f"{session_id}\t{response_id}"
+        # The lease enters the index before the turn can be accepted (ahead of ACCEPT on the same
+        # connection: no round trip of its own), so a process that dies right after ACCEPT still
+        # leaves a lease for the reaper to find. A turn not accepted has its entry removed again.
+        res = await self._run(
+            "ACCEPT",
+            keys.session_keys(session_id),
+            self._args(
                 session_id,
                 client_msg_id,
                 message_id,
@@ -243,8 +271,11 @@ class RedisStore:
                 lease_ms,
                 self.history_max_turns,
             ),
+            before=("ZADD", keys.LEASES, "GT", now_ms + lease_ms, lease),
         )
         status = res[0]
+        if status != "accepted":
+            self._index(keys.LEASES, lease, None)
         if status == "missing":
             raise KeyError(session_id)
         if status == "duplicate":
@@ -254,8 +285,6 @@ class RedisStore:
             return AcceptResult(status, response_id=res[1])
         entries = [LogEntry(int(res[1]), res[2]), LogEntry(int(res[3]), res[4])]
         self.fanout.publish(session_id, entries)
-        # the model call need not wait for the lease index (the renew loop writes it again every period)
-        self._index(keys.LEASES, f"{session_id}\t{response_id}", now_ms + lease_ms)
         history = [json.loads(t) for t in res[5]]
         return AcceptResult(
             "accepted", entries, message_id=message_id, response_id=response_id, history=history
@@ -339,7 +368,6 @@ class RedisStore:
     async def append_deltas(self, writes: Sequence[DeltaWrite]) -> list[DeltaOutcome]:
         """One script call for the whole per-tick batch of every local generation (one per session
         in a cluster, where a call may only touch one slot)."""
-        script = self._scripts["DELTAS"]
 
         async def call(batch: Sequence[DeltaWrite]) -> list[Any]:
             ks: list[str] = []
@@ -348,7 +376,7 @@ class RedisStore:
                 ks += keys.session_keys(w.session_id, 3)
                 channel = keys.events_channel(w.session_id)
                 args += [channel, self._self_subscribed(channel), w.response_id, w.text, w.body]
-            return list(await script(keys=ks, args=args, client=self._flusher))
+            return list(await self._run("DELTAS", ks, args))
 
         results = await self._batched(writes, lambda w: w.session_id, call)
         out: list[DeltaOutcome] = []
@@ -366,11 +394,10 @@ class RedisStore:
         """One script call for all leases (one per session in a cluster); the live ones go to the index."""
         if not leases:
             return []
-        script = self._scripts["RENEW"]
 
         async def call(batch: Sequence[tuple[str, str]]) -> list[LeaseOutcome]:
             ks = [keys.session_key(sid, keys.META) for sid, _ in batch]
-            return list(await script(keys=ks, args=[deadline_ms, *(rid for _, rid in batch)]))
+            return list(await self._run("RENEW", ks, [deadline_ms, *(rid for _, rid in batch)]))
 
         results = await self._batched(leases, lambda lease: lease[0], call)
         for (sid, rid), r in zip(leases, results, strict=True):
@@ -389,9 +416,10 @@ class RedisStore:
         finish_reason: str,
         expired_before: int | None = None,
     ) -> LogEntry | None:
-        res = await self._scripts["FINISH"](
-            keys=keys.session_keys(session_id),
-            args=self._args(
+        res = await self._run(
+            "FINISH",
+            keys.session_keys(session_id),
+            self._args(
                 session_id,
                 response_id,
                 body,
@@ -415,9 +443,10 @@ class RedisStore:
 
     @_guard
     async def request_cancel(self, session_id: str, response_id: str | None) -> tuple[CancelOutcome, str]:
-        res = await self._scripts["CANCEL"](
-            keys=keys.session_keys(session_id, 6),
-            args=self._args(session_id, response_id or "", keys.CONTROL_CHANNEL, session_id),
+        res = await self._run(
+            "CANCEL",
+            keys.session_keys(session_id, 6),
+            self._args(session_id, response_id or "", keys.CONTROL_CHANNEL, session_id),
         )
         return res[0], res[1]
 
@@ -425,9 +454,10 @@ class RedisStore:
     async def record_feedback(
         self, session_id: str, response_id: str, *, feedback: dict[str, Any], body: str
     ) -> LogEntry | None:
-        res = await self._scripts["FEEDBACK"](
-            keys=keys.session_keys(session_id),
-            args=self._args(session_id, response_id, json.dumps(feedback), body),
+        res = await self._run(
+            "FEEDBACK",
+            keys.session_keys(session_id),
+            self._args(session_id, response_id, json.dumps(feedback), body),
         )
         if len(res) == 1:
             return None
@@ -461,14 +491,17 @@ class RedisStore:
 
     @_guard
     async def read(self, session_id: str, after_seq: int, limit: int) -> list[LogEntry]:
-        raw = await self._r.xrange(
-            keys.session_key(session_id, keys.LOG), min=f"{after_seq + 1}-0", max="+", count=limit
-        )
-        return [LogEntry(int(eid.split("-", 1)[0]), fields["d"]) for eid, fields in raw]
+        log_key, start = keys.session_key(session_id, keys.LOG), f"{after_seq + 1}-0"
+        if self._mux is None:
+            raw = await self._r.xrange(log_key, min=start, max="+", count=limit)
+            return [LogEntry(int(eid.split("-", 1)[0]), fields["d"]) for eid, fields in raw]
+        # an entry is [id, [field, value]]: the log's entries have the one field "d"
+        flat = await self._mux.call("XRANGE", log_key, start, "+", "COUNT", limit)
+        return [LogEntry(int(eid.split("-", 1)[0]), fields[1]) for eid, fields in flat]
 
     @_guard
     async def snapshot(self, session_id: str) -> Snapshot:
-        seq, active, text, turns = await self._scripts["SNAPSHOT"](keys=keys.session_keys(session_id, 4))
+        seq, active, text, turns = await self._run("SNAPSHOT", keys.session_keys(session_id, 4))
         in_flight = {"role": "assistant", "id": active, "content": text} if active else None
         return Snapshot(int(seq), [json.loads(t) for t in turns], in_flight)
 

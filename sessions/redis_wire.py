@@ -1,10 +1,10 @@
 """How redis-py's asyncio connections talk: commands packed by hiredis, client info resolved once.
 
 redis-py's asyncio ``Connection.pack_command`` is pure Python and re-joins its buffer for
-every argument, so its cost grows with the square of a command's size; the batched
-scripts (one ``DELTAS`` call carries every local session's writes of a flush tick) send
-hundreds of arguments. hiredis (a declared dependency: ``redis[hiredis]``) packs the same
-bytes about ten times faster (checked byte for byte in tests/test_store.py).
+every argument, so its cost grows with the square of a command's size; a batched index
+write (one ``ZADD`` for a burst of turns) sends hundreds of arguments. hiredis (a declared
+dependency: ``redis[hiredis]``) packs the same bytes about ten times faster (checked byte
+for byte in tests/test_store.py); the hot commands skip redis-py altogether (redis_mux.py).
 
 Every new connection also tells Redis its library name and version (``CLIENT SETINFO``,
 shown by ``CLIENT LIST``); unless handed a ``DriverInfo``, redis-py looks its own

@@ -8,6 +8,8 @@ import json
 import time
 from typing import Any
 
+import pytest
+
 from protocol import encode, seq_of
 from protocol.messages import (
     FeedbackRecorded,
@@ -463,3 +465,34 @@ async def test_a_cancelled_subscribe_leaves_no_reader(redis_url: str) -> None:
         assert s.fanout.sessions() == []
     finally:
         await s.close()
+
+
+@pytest.mark.parametrize("kind", ["redis", "cluster"])
+async def test_a_lease_is_in_the_index_once_its_turn_is_accepted(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    """When accept returns, the lease is already in Redis's index (a process killed right then is reaped),
+    and a turn that was not accepted leaves no entry behind."""
+    import redis
+    from redis.cluster import RedisCluster
+
+    from sessions import keys, open_store
+
+    from .conftest import store_url
+
+    url = store_url(kind, request)
+    s: Any = open_store(url, log_max_len=50)
+    plain = "redis://" + url.split("://", 1)[1]
+    # a blocking client: its read happens before this process's event loop can run anything else
+    admin: Any = RedisCluster.from_url(plain) if kind == "cluster" else redis.Redis.from_url(plain)
+    await s.start()
+    try:
+        sid = await new_session(s, "lease-now")
+        await accept(s, sid, "c1", "r1", now=1_000)
+        assert admin.zscore(keys.LEASES, f"{sid}\tr1") == 1_000 + LEASE
+        await accept(s, sid, "c2", "r2", now=1_001)  # busy: r1 is still generating
+        await s.expired_leases(0)  # index reads wait for this process's index writes
+        assert admin.zscore(keys.LEASES, f"{sid}\tr2") is None
+    finally:
+        await s.close()
+        admin.close()
