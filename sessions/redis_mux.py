@@ -149,10 +149,7 @@ class Multiplexed:
         self._opening: asyncio.Task[_Pipe] | None = None
 
     async def call(self, *args: Any) -> Any:
-        pipe = self._pipe
-        if pipe is None or pipe.lost:
-            pipe = await self._connected()
-        return await pipe.request(args)
+        return await (await self._ready()).request(args)
 
     async def evalsha(
         self, sha: str, script: str, keys: Sequence[str], args: Sequence[Any], *, before: Sequence[Any] = ()
@@ -162,9 +159,7 @@ class Multiplexed:
         ``before``: a command for Redis to run just ahead of the script, in the same write (no
         round trip of its own); its reply is not waited for, a failure of it only logged.
         """
-        pipe = self._pipe
-        if pipe is None or pipe.lost:
-            pipe = await self._connected()
+        pipe = await self._ready()
         if before:
             pipe.request(before).add_done_callback(_log_failure)
         try:
@@ -180,9 +175,12 @@ class Multiplexed:
         if pipe is not None and pipe.transport is not None:
             pipe.transport.close()
 
-    async def _connected(self) -> _Pipe:
-        """One connection attempt at a time; every caller that arrives meanwhile shares its outcome
+    async def _ready(self) -> _Pipe:
+        """The open connection, or one attempt to open it that every caller arriving meanwhile shares
         (a burst during an outage fails together instead of queueing connect timeouts)."""
+        pipe = self._pipe
+        if pipe is not None and not pipe.lost:
+            return pipe
         if self._opening is None:
             self._opening = asyncio.get_running_loop().create_task(self._open(), name="parley-redis-connect")
             self._opening.add_done_callback(self._opened)
