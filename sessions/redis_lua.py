@@ -12,15 +12,22 @@ from .keys import INSTANCE_CHANNEL_PREFIX
 # unless nobody but this instance listens. Other instances learn of new events by pub/sub; when
 # the only subscriber is this instance itself (which delivers from memory), publishing would only
 # echo back to it. "Only this instance": our subscription is confirmed (flag "1"), the channel has
-# one subscriber, and our pub/sub connection is alive (it alone holds our instance channel).
+# one subscriber, and our pub/sub connection is alive (it alone holds our instance channel; asked
+# once per script call: a DELTAS call appends to hundreds of sessions for the same instance).
 _APPEND = f"""
 local INSTANCE_PREFIX = '{INSTANCE_CHANNEL_PREFIX}'
+local instance_alive = nil
+local function alive(inst)
+  if instance_alive == nil then
+    instance_alive = redis.call('PUBSUB', 'NUMSUB', INSTANCE_PREFIX .. inst)[2] == 1
+  end
+  return instance_alive
+end
 local function append_to(meta, log, maxlen, chan, inst, flag, body)
   local seq = redis.call('HINCRBY', meta, 'seq', 1)
   local data = '{{"seq":' .. seq .. ',' .. string.sub(body, 2)
   redis.call('XADD', log, 'MAXLEN', '~', maxlen, seq .. '-0', 'd', data)
-  if flag ~= '1' or redis.call('PUBSUB', 'NUMSUB', chan)[2] > 1
-      or redis.call('PUBSUB', 'NUMSUB', INSTANCE_PREFIX .. inst)[2] ~= 1 then
+  if flag ~= '1' or redis.call('PUBSUB', 'NUMSUB', chan)[2] > 1 or not alive(inst) then
     redis.call('PUBLISH', chan, inst .. '\\n' .. data)
   end
   return {{seq, data}}
