@@ -120,7 +120,7 @@ class _Pipe(asyncio.Protocol):
             fut, _ = self._waiting.popleft()
             if not fut.done():
                 fut.set_exception(exc)
-                fut.exception()  # a caller cancelled meanwhile never retrieves it: no "never retrieved" noise
+                fut.exception()  # some are never awaited (set-up commands after a failed one): no warning
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(RedisConnectionError(f"connection to Redis lost: {exc or 'closed'}"))

@@ -123,7 +123,7 @@ class RedisStore:
             self._r = aioredis.Redis(connection_pool=pool)
             self._ps_client = self._r
         # the hot commands (the scripts, the session lookup, log reads) share one pipelined connection
-        # (redis_mux.py); in a cluster the client picks each slot's node itself
+        # (redis_mux.py); a cluster (the client picks each slot's node itself) and TLS stay on redis-py
         self._mux = (
             Multiplexed(url, connect_timeout=CONNECT_TIMEOUT_S, reply_timeout=SOCKET_TIMEOUT_S)
             if Multiplexed.serves(url)
@@ -200,7 +200,7 @@ class RedisStore:
         script = self._scripts[name]
         if self._mux is not None:
             return await self._mux.evalsha(script.sha, script.script, keys, args, before=before)
-        if before:  # a cluster: the command's key lives on another node, so it costs a round trip first
+        if before:  # no pipelined connection (a cluster, TLS): the command costs a round trip first
             await self._r.execute_command(*before)
         return await script(keys=keys, args=args)
 
