@@ -14,11 +14,14 @@ from __future__ import annotations
 import functools
 import inspect
 import time
-from collections.abc import AsyncIterator, Callable
+from bisect import bisect_left
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.utils import floatToGoString
 
 from protocol.errors import ParleyError
 
@@ -29,6 +32,54 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 GAP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 STORE_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5)
+
+
+class LoopHistogram:
+    """A histogram with one label, observed only from the event loop's thread (no lock).
+
+    The inter-token gap is observed once per model token: prometheus_client's ``Histogram.observe``
+    (a lock, a Python walk over the buckets, ~1.6 µs) cost 3-7 % of a loaded process's CPU; here
+    an observation is a C ``bisect`` and two additions. Exposed as a standard histogram family.
+    """
+
+    def __init__(
+        self, name: str, documentation: str, label: str, buckets: Sequence[float], registry: CollectorRegistry
+    ) -> None:
+        self.name, self.documentation, self.label = name, documentation, label
+        self.bounds = (*buckets, float("inf"))
+        self._children: dict[str, LoopHistogram.Child] = {}
+        registry.register(self)
+
+    class Child:
+        __slots__ = ("bounds", "counts", "sum")
+
+        def __init__(self, bounds: tuple[float, ...]) -> None:
+            self.bounds = bounds
+            self.counts = [0] * len(bounds)  # per bucket, not cumulative (summed when scraped)
+            self.sum = 0.0
+
+        def observe(self, value: float) -> None:
+            self.counts[bisect_left(self.bounds, value)] += 1
+            self.sum += value
+
+    def labels(self, value: str) -> LoopHistogram.Child:
+        child = self._children.get(value)
+        if child is None:
+            child = self._children[value] = LoopHistogram.Child(self.bounds)
+        return child
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=[self.label])
+        for value, child in list(self._children.items()):
+            total, buckets = 0, []
+            for bound, count in zip(self.bounds, child.counts, strict=True):
+                total += count
+                buckets.append((floatToGoString(bound), total))
+            family.add_metric([value], buckets, child.sum)
+        yield family
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        yield HistogramMetricFamily(self.name, self.documentation, labels=[self.label])
 
 
 class Metrics:
@@ -53,14 +104,14 @@ class Metrics:
         self.generations_running = Gauge(
             "parley_generations_running", "Responses generating on this instance", registry=r
         )
-        self.ttft = Histogram(
-            "parley_ttft_seconds", "Time to first token", ["provider"], buckets=TTFT_BUCKETS, registry=r
+        self.ttft = LoopHistogram(
+            "parley_ttft_seconds", "Time to first token", "provider", TTFT_BUCKETS, registry=r
         )
-        self.inter_token = Histogram(
+        self.inter_token = LoopHistogram(
             "parley_inter_token_seconds",
             "Gap between consecutive tokens from the model",
-            ["provider"],
-            buckets=GAP_BUCKETS,
+            "provider",
+            GAP_BUCKETS,
             registry=r,
         )
         self.tokens = Counter(
@@ -93,11 +144,11 @@ class Metrics:
         self.auth_failures = Counter(
             "parley_auth_failures", "Handshakes refused or connections closed for a bad token", registry=r
         )
-        self.store_latency = Histogram(
+        self.store_latency = LoopHistogram(
             "parley_redis_latency_seconds",
             "Latency of session-store operations on Redis, by operation",
-            ["op"],
-            buckets=STORE_BUCKETS,
+            "op",
+            STORE_BUCKETS,
             registry=r,
         )
         self.store_errors = Counter(

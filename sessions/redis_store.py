@@ -373,9 +373,9 @@ class RedisStore:
             ks: list[str] = []
             args: list[Any] = [self.log_max_len, self.instance_id, self.session_ttl_ms]
             for w in batch:
-                ks += keys.session_keys(w.session_id, 3)
-                channel = keys.events_channel(w.session_id)
-                args += [channel, self._self_subscribed(channel), w.response_id, w.text, w.body]
+                meta, log, partial, channel = keys.delta_keys(w.session_id)
+                ks += (meta, log, partial)
+                args += (channel, self._self_subscribed(channel), w.response_id, w.text, w.body)
             return list(await self._run("DELTAS", ks, args))
 
         results = await self._batched(writes, lambda w: w.session_id, call)

@@ -250,3 +250,30 @@ async def test_feedback_export_cli_reads_the_store_or_a_server(redis_url: str) -
         assert (code, out) == (0, "")
     code, _, err = await run_cli("feedback", "export", "--store", "memory://")
     assert code == 2 and "memory://" in err
+
+
+def test_loop_histogram_exposes_what_prometheus_histogram_would() -> None:
+    """The lock-free histogram's exposition (buckets, sum, count) equals prometheus_client's own."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from server.metrics import GAP_BUCKETS, LoopHistogram
+
+    ours_registry, theirs_registry = CollectorRegistry(), CollectorRegistry()
+    ours = LoopHistogram("gap_seconds", "gaps", "provider", GAP_BUCKETS, registry=ours_registry)
+    theirs = Histogram("gap_seconds", "gaps", ["provider"], buckets=GAP_BUCKETS, registry=theirs_registry)
+    values = [0.0, 0.0005, 0.0007, 0.001, 0.02, 0.025, 0.3, 4.9, 5.0, 7.5, 120.0]
+    for provider in ("echo", "openai"):
+        for v in values if provider == "echo" else values[::3]:
+            ours.labels(provider).observe(v)
+            theirs.labels(provider).observe(v)
+
+    def samples(registry: CollectorRegistry) -> list[tuple[str, list[tuple[str, str]], float]]:
+        text = generate_latest(registry).decode()
+        return sorted(
+            (s.name, sorted(s.labels.items()), s.value)
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if not s.name.endswith("_created")
+        )
+
+    assert samples(ours_registry) == samples(theirs_registry)
