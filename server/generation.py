@@ -103,7 +103,10 @@ class DeltaWriter:
         self.coalesce_s = coalesce_ms / 1000
         self.busy_s = max(busy_ms, coalesce_ms) / 1000
         self.busy_writes = busy_writes
-        self._last_size = 0  # deltas in the previous flush: the load signal for the busy window
+        # sessions whose text arrived while the previous write was in flight: the load signal for the
+        # busy window. Not the previous flush's size: with the window on, that counts the window's own
+        # gathering, and a window once opened kept itself open at any load above busy_writes/window.
+        self._piled = 0
         self.timestamps = timestamps
         self._pending: dict[Generation, list[str]] = {}
         self._wake = asyncio.Event()
@@ -136,11 +139,10 @@ class DeltaWriter:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            window = self.busy_s if self._last_size >= self.busy_writes else self.coalesce_s
+            window = self.busy_s if self._piled >= self.busy_writes else self.coalesce_s
             if window:
                 await asyncio.sleep(window)
             batch, self._pending = self._pending, {}
-            self._last_size = len(batch)
             if not batch:
                 continue
             gens = list(batch)
@@ -164,6 +166,7 @@ class DeltaWriter:
                 await asyncio.sleep(WRITE_RETRY_S)
                 self._wake.set()
                 continue
+            self._piled = len(self._pending)
             for g, t, res in zip(gens, texts, results, strict=True):
                 if res == "cancel":
                     g.request_cancel()

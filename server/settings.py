@@ -39,7 +39,8 @@ class Settings(BaseSettings):
     event_timestamps: bool = False  # stamp response.delta with its append time (load tests measure delivery)
     coalesce_ms: float = Field(0.0, ge=0)  # extra wait before each delta flush (0: flush when idle)
     # under load, wait before a flush so a session's next tokens join its frame (fewer frames, Lua calls
-    # and client wake-ups per token); "load" = the previous flush carried coalesce_busy_writes deltas
+    # and client wake-ups per token); "load" = text of coalesce_busy_writes sessions piled up while the
+    # previous flush's write was in flight (a congested loop or a slow Redis)
     coalesce_busy_ms: float = Field(20.0, ge=0)
     coalesce_busy_writes: int = Field(100, ge=1)
     lease_ms: int = Field(5_000, ge=500)  # a generation's lease; expiry means its process died
