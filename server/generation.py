@@ -43,13 +43,6 @@ WRITE_RETRY_S = 0.1
 FINISH_RETRY_S = 30.0
 
 
-#: Delta writes a process keeps in flight. Two: text that arrives while a write is out leaves in the
-#: next one at once instead of waiting for the first reply (under load that wait was most of a
-#: token's time before its append). A session's text is in at most one of them, so its deltas stay
-#: in order on any store, however the writes are carried.
-WRITES_IN_FLIGHT = 2
-
-
 #: What a client is told when a response's generating process stopped before it finished.
 INTERRUPTED_MESSAGE = "the response was interrupted; you may send it again"
 
@@ -116,9 +109,6 @@ class DeltaWriter:
         self._piled = 0
         self.timestamps = timestamps
         self._pending: dict[Generation, list[str]] = {}
-        self._sending: set[Generation] = set()  # generations with text in a write in flight
-        self._writes: set[asyncio.Task[None]] = set()  # for stop()
-        self._in_flight = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.frames = 0  # delta events written (for benchmarks and metrics)
@@ -127,11 +117,10 @@ class DeltaWriter:
         self._task = asyncio.create_task(self._run(), name="parley-delta-writer")
 
     async def stop(self) -> None:
-        for task in [self._task, *self._writes]:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
     def add(self, gen: Generation, text: str) -> None:
         parts = self._pending.get(gen)
@@ -150,46 +139,33 @@ class DeltaWriter:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if self._in_flight >= WRITES_IN_FLIGHT or self._pending.keys() <= self._sending:
-                continue  # no slot, or all pending text waits for its session's write: its end wakes us
             window = self.busy_s if self._piled >= self.busy_writes else self.coalesce_s
             if window:
                 await asyncio.sleep(window)
-            batch = self._take()
-            if batch:
-                self._in_flight += 1
-                task = asyncio.create_task(self._write(batch), name="parley-delta-write")
-                self._writes.add(task)
-                task.add_done_callback(self._writes.discard)
-
-    def _take(self) -> dict[Generation, list[str]]:
-        """Pending text of the generations that have no write in flight."""
-        if self._sending:
-            batch = {g: parts for g, parts in self._pending.items() if g not in self._sending}
-            for g in batch:
-                del self._pending[g]
-        else:
             batch, self._pending = self._pending, {}
-        self._sending.update(batch)
-        return batch
-
-    async def _write(self, batch: dict[Generation, list[str]]) -> None:
-        gens = list(batch)
-        texts = ["".join(batch[g]) for g in gens]
-        ts = round(time.time() * 1000, 3) if self.timestamps else None
-        writes = [
-            DeltaWrite(g.session_id, g.response_id, t, encode_delta(g.response_id, t, ts))
-            for g, t in zip(gens, texts, strict=True)
-        ]
-        try:
+            if not batch:
+                continue
+            gens = list(batch)
+            texts = ["".join(batch[g]) for g in gens]
+            ts = round(time.time() * 1000, 3) if self.timestamps else None
+            writes = [
+                DeltaWrite(
+                    g.session_id,
+                    g.response_id,
+                    t,
+                    encode_delta(g.response_id, t, ts),
+                )
+                for g, t in zip(gens, texts, strict=True)
+            ]
             try:
                 results = await self.store.append_deltas(writes)
             except ParleyError:
                 log.warning("delta write failed; retrying", exc_info=True)
                 for g, t in zip(gens, texts, strict=True):  # put back, ahead of newer text
                     self._pending[g] = [t, *self._pending.get(g, [])]
-                await asyncio.sleep(WRITE_RETRY_S)  # holding this write's slot
-                return
+                await asyncio.sleep(WRITE_RETRY_S)
+                self._wake.set()
+                continue
             self._piled = len(self._pending)
             for g, t, res in zip(gens, texts, results, strict=True):
                 if res == "cancel":
@@ -199,14 +175,10 @@ class DeltaWriter:
                 else:
                     g.logged_chars += len(t)
                     self.frames += 1
-        finally:
-            self._in_flight -= 1  # here, not in a done callback: the wake below must see the free slot
-            self._sending.difference_update(gens)
-            for g in gens:
                 if g not in self._pending:
                     g.flushed.set()
             if self._pending:
-                self._wake.set()  # a slot is free, and text held back for these sessions may go
+                self._wake.set()
 
 
 class Generations:

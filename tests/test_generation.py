@@ -1,22 +1,20 @@
-"""The delta writer's coalescing and its writes in flight, driven directly against a store."""
+"""The delta writer's coalescing, driven directly against the in-process store (no I/O to wait on)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any
 
 import pytest
 
 from server.generation import DeltaWriter, Generation
-from sessions import open_store
 from sessions.memory import MemoryStore
 
 from .test_store import accept
 
 
-async def logged_texts(store: Any, sid: str) -> list[str]:
+async def logged_texts(store: MemoryStore, sid: str) -> list[str]:
     entries = await store.read(sid, 0, 100)
     events = [json.loads(e.data) for e in entries]
     return [ev["text"] for ev in events if ev["type"] == "response.delta"]
@@ -73,53 +71,3 @@ async def test_text_piled_up_during_a_write_opens_the_busy_window(
         assert await logged_texts(store, "s0") == expected
     finally:
         await writer.stop()
-
-
-def evalsha_calls(redis_server: Any) -> int:
-    """Script calls Redis ran (a NOSCRIPT refusal, answered by loading the script and calling again,
-    is a failed call)."""
-    stats = redis_server.command("INFO", "commandstats")
-    line = next(ln for ln in stats.splitlines() if ln.startswith("cmdstat_evalsha:"))
-    fields = dict(kv.split("=") for kv in line.split(":", 1)[1].split(","))
-    return int(fields["calls"]) - int(fields["failed_calls"])
-
-
-async def test_text_arriving_during_a_write_leaves_in_a_second_write_and_keeps_each_session_in_order(
-    redis_url: str, redis_server: Any
-) -> None:
-    """While Redis holds a write, another session's new text leaves in a second write without waiting
-    for the first reply, and new text of the session in flight waits for its reply (stays in order)."""
-    store = open_store(redis_url)
-    await store.start()
-    for sid in ("A", "B"):
-        await store.create_session(sid, "t", "u", "h")
-        await accept(store, sid, now=int(time.time() * 1000))  # a live lease: the reaper leaves it be
-    writer = DeltaWriter(store)
-    request: Any = None
-    a, b = Generation("A", "r1", request, request), Generation("B", "r1", request, request)
-    writer.start()
-    calls = evalsha_calls(redis_server)
-    redis_server.command("CLIENT", "PAUSE", "10000", "WRITE")  # scripts wait in Redis until unpaused
-    try:
-        writer.add(a, "a1 ")
-        for _ in range(1000):  # bounded: until the writer has taken A's text into a write
-            if writer._sending:
-                break
-            await asyncio.sleep(0)
-        writer.add(a, "a2 ")
-        writer.add(b, "b1 ")
-        for _ in range(1000):  # bounded: until B's text is in a second write while A's is out
-            if b in writer._sending:
-                break
-            await asyncio.sleep(0)
-        assert writer._sending == {a, b}
-        redis_server.command("CLIENT", "UNPAUSE")
-        await a.flushed.wait()
-        await b.flushed.wait()
-        assert evalsha_calls(redis_server) - calls == 3  # [a1], [b1] in flight together, then [a2]
-        assert await logged_texts(store, "A") == ["a1 ", "a2 "]
-        assert await logged_texts(store, "B") == ["b1 "]
-    finally:
-        redis_server.command("CLIENT", "UNPAUSE")
-        await writer.stop()
-        await store.close()
