@@ -14,10 +14,12 @@ import httpx
 import jwt
 import pytest
 import websockets
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
 from client import ParleyClient, ParleyClosed
+from server.metrics import GAP_BUCKETS, LoopHistogram
 
 from .support import ROOT, ServerProcess
 
@@ -254,10 +256,6 @@ async def test_feedback_export_cli_reads_the_store_or_a_server(redis_url: str) -
 
 def test_loop_histogram_exposes_what_prometheus_histogram_would() -> None:
     """The lock-free histogram's exposition (buckets, sum, count) equals prometheus_client's own."""
-    from prometheus_client import CollectorRegistry, Histogram, generate_latest
-
-    from server.metrics import GAP_BUCKETS, LoopHistogram
-
     ours_registry, theirs_registry = CollectorRegistry(), CollectorRegistry()
     ours = LoopHistogram("gap_seconds", "gaps", "provider", GAP_BUCKETS, registry=ours_registry)
     theirs = Histogram("gap_seconds", "gaps", ["provider"], buckets=GAP_BUCKETS, registry=theirs_registry)
