@@ -65,10 +65,10 @@ def _describe(exc: ValidationError, text: str | bytes) -> str:
         return "frame has no 'type' field"
     if kind == "union_tag_invalid":
         return f"unknown message type; expected one of {', '.join(CLIENT_TYPES)}"
-    # drop the leading discriminator value pydantic puts in loc
-    parts = loc.split(".", 1)
-    field = parts[1] if len(parts) == 2 else loc
-    return f"{field or 'frame'}: {err.get('msg', 'invalid')}"
+    # drop the leading discriminator value pydantic puts in loc (it may contain dots itself)
+    field = ".".join(str(p) for p in err.get("loc", ())[1:])
+    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    return f"{field or 'frame'}: {msg}"
 
 
 def encode(event: _Server) -> str:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import ErrorCode
+from .schema_budget import check_schema
 
 #: The only protocol version this package speaks, in hello and as the subprotocol.
 PROTOCOL_VERSION = "parley.v1"
@@ -54,6 +55,13 @@ class JsonSchemaFormat(_Client):
     json_schema: dict[str, Any] = Field(alias="schema")
 
     model_config = ConfigDict(strict=True, extra="ignore", frozen=True, populate_by_name=True)
+
+    @field_validator("json_schema")
+    @classmethod
+    def _bounded(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        """A schema whose smallest answer is huge is refused here, before any work (docs/security.md)."""
+        check_schema(schema)
+        return schema
 
 
 class TextFormat(_Client):

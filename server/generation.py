@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from protocol.messages import ErrorInfo, ResponseCompleted, Usage
 from sessions import DeltaWrite, SessionStore
 
 from .providers.base import Finish, ModelProvider, ModelRequest, TextDelta, UsageReport
+from .schema_check import OutputValidator
 from .settings import Settings
 
 log = logging.getLogger("parley.generation")
@@ -195,6 +195,7 @@ class Generations:
             busy_writes=settings.coalesce_busy_writes,
         )
         self.running: dict[tuple[str, str], Generation] = {}
+        self.validator = OutputValidator()
         self._loops: list[asyncio.Task[None]] = []
         self.on_finish: list[Callable[[Generation, str], None]] = []
         # responses being accepted here but not launched yet, and cancels that arrived meanwhile
@@ -222,6 +223,7 @@ class Generations:
         for task in self._loops:
             task.cancel()
         await self.writer.stop()
+        await self.validator.aclose()
 
     def expect(self, session_id: str, response_id: str) -> None:
         """Announce a response about to be accepted, so a cancel racing its launch is not lost."""
@@ -290,7 +292,7 @@ class Generations:
             gen.streaming = False
             if gen.abandoned:
                 return
-            completed = self._completed(gen, finish_reason, error)
+            completed = await self._completed(gen, finish_reason, error)
             await self._finish(gen, completed)
         finally:
             self.running.pop((gen.session_id, gen.response_id), None)
@@ -300,22 +302,17 @@ class Generations:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(gen.flushed.wait(), 2.0)
 
-    def _completed(self, gen: Generation, finish_reason: str, error: ParleyError | None) -> ResponseCompleted:
+    async def _completed(
+        self, gen: Generation, finish_reason: str, error: ParleyError | None
+    ) -> ResponseCompleted:
         output: Any = None
         fmt = gen.request.response_format
         if finish_reason == "stop" and fmt and fmt.get("type") == "json_schema":
-            text = "".join(gen.text_parts)
             try:
-                output = json.loads(text)
-                validate_schema(output, fmt.get("schema", {}))
-            except (ValueError, SchemaValidationFailed) as exc:
-                output = None
-                finish_reason = "error"
-                error = (
-                    exc
-                    if isinstance(exc, SchemaValidationFailed)
-                    else SchemaValidationFailed("the output is not valid JSON")
-                )
+                text = "".join(gen.text_parts)
+                output = await self.validator.parse_and_validate(text, fmt.get("schema", {}))
+            except SchemaValidationFailed as exc:
+                output, finish_reason, error = None, "error", exc
         if finish_reason == "interrupted" and error is None:
             error = UpstreamUnavailable(INTERRUPTED_MESSAGE)
         if finish_reason == "content_filter" and error is None:
@@ -410,15 +407,3 @@ def interrupted_event(response_id: str) -> ResponseCompleted:
             retryable=True,
         ),
     )
-
-
-def validate_schema(instance: Any, schema: dict[str, Any]) -> None:
-    """Validate with ``jsonschema``; raise ``SchemaValidationFailed`` with a short reason."""
-    import jsonschema
-
-    try:
-        jsonschema.validate(instance, schema)
-    except jsonschema.ValidationError as exc:
-        raise SchemaValidationFailed(f"output does not match the schema: {exc.message[:200]}") from None
-    except jsonschema.SchemaError as exc:
-        raise SchemaValidationFailed("the requested schema is invalid") from exc

@@ -84,10 +84,13 @@ class EchoProvider:
     async def stream(self, request: ModelRequest) -> AsyncIterator[ProviderEvent]:
         messages = request.messages
         n = int(request.profile.params.get("max_tokens", self.reply_tokens))
+        finish = "stop"
         if request.response_format and request.response_format.get("type") == "json_schema":
             users = [m.content for m in messages if m.role == "user"]
             instance = schema_instance(request.response_format.get("schema", {}), users[-1] if users else "")
             tokens = [w + " " for w in json.dumps(instance).split(" ")]
+            if len(tokens) > n:  # bounded by the reply-token limit, whatever the schema asks
+                tokens, finish = tokens[:n], "length"
         else:
             tokens = [w + " " for w in reply_words(messages, n)]
         loop = asyncio.get_running_loop()
@@ -105,7 +108,7 @@ class EchoProvider:
             yield TextDelta(token)
         input_tokens = sum(len(m.content.split()) for m in messages)
         yield UsageReport(input_tokens=input_tokens, output_tokens=len(tokens))
-        yield Finish("stop")
+        yield Finish(finish)
 
     async def aclose(self) -> None:
         return None
