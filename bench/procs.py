@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: What each kind of server is, as a command line (run from the repository root).
 COMMANDS = {
-    "parley": [sys.executable, "-m", "server.cli", "serve"],
+    "parley": [sys.executable, "-m", "parley.server.cli", "serve"],
     "relay": [sys.executable, "-m", "bench.relay"],
     "bare": [sys.executable, "-m", "bench.bare_ws"],
 }

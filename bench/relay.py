@@ -29,8 +29,8 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from server.providers.base import ChatMessage, ModelRequest, Profile, TextDelta, UsageReport
-from server.providers.echo import EchoProvider
+from parley.server.providers.base import ChatMessage, ModelRequest, Profile, TextDelta, UsageReport
+from parley.server.providers.echo import EchoProvider
 
 PROTOCOL = "parley.v1"
 

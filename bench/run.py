@@ -4,7 +4,7 @@
     python -m bench.run --quick    # a small smoke of every benchmark (CI; under 2 minutes)
     python -m bench.run --only B1,B5
 
-Each load is ``python -m loadtest`` in its own process (the same client for
+Each load is ``python -m parley.loadtest`` in its own process (the same client for
 Parley and the baselines), measuring the server's CPU from /proc (``--server-pid``)
 and, for Parley, Redis's ``INFO commandstats`` and CPU. Parley and the relay run
 on the same uvicorn configuration (ws and loop left on "auto"; which ones that
@@ -164,10 +164,10 @@ class Bench:
         return self.procs.server("relay", self.echo_env(tps, extra))
 
     def load(self, name: str, server: Server, args: list[str], redis: bool = False) -> dict[str, Any]:
-        """One ``python -m loadtest`` process against ``server``; returns its JSON report."""
+        """One ``python -m parley.loadtest`` process against ``server``; returns its JSON report."""
         self._n += 1
         path = self.raw / f"{self._n:02d}-{name}.json"
-        cmd = [sys.executable, "-m", "loadtest", "--url", server.url, "-q", "--json", str(path)]
+        cmd = [sys.executable, "-m", "parley.loadtest", "--url", server.url, "-q", "--json", str(path)]
         cmd += ["--server-pid", str(server.pid), *args]
         if redis:
             cmd += ["--redis-url", self.redis.url]
@@ -756,7 +756,7 @@ def main(argv: list[str] | None = None) -> int:
             if name in wanted or (name == "B1" and "B6" in wanted):
                 bench.log(f"{name} ...")
                 fn()
-    from loadtest.target import machine
+    from parley.loadtest.target import machine
 
     summary = {
         "command": " ".join(["python -m bench.run", *(argv if argv is not None else sys.argv[1:])]),

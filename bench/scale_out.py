@@ -3,7 +3,7 @@
     python -m bench.scale_out [--sessions 200] [--tokens 200] [--cancel-trials 100] [--kill-trials 3]
 
 Every process is real: a private redis-server, `parley serve` instances, and the load
-client (`python -m loadtest`) in separate processes. Results go to
+client (`python -m parley.loadtest`) in separate processes. Results go to
 bench/results/scale-out-<time>/summary.json and are printed as a table.
 """
 
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from client import ParleyClient
+from parley.client import ParleyClient
 
 from .procs import ROOT, Processes
 
@@ -38,7 +38,7 @@ def loadtest(urls: list[str], sessions: int, tokens: int, turns: int, out: Path)
     for i, url in enumerate(urls):
         path = out.with_name(f"{out.stem}-{i}.json")
         cmd = [
-            sys.executable, "-m", "loadtest", "--url", url, "-n", str(sessions // len(urls)),
+            sys.executable, "-m", "parley.loadtest", "--url", url, "-n", str(sessions // len(urls)),
             "-t", str(turns), "--reply-tokens", str(tokens), "--duration", "120", "-q", "--json", str(path),
         ]  # fmt: skip
         procs.append((subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL), path))

@@ -1,4 +1,4 @@
-"""``python -m loadtest``: the same as ``parley loadtest``."""
+"""``python -m parley.loadtest``: the same as ``parley loadtest``."""
 
 import sys
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import importlib.util
 import json
 import logging
 import time
@@ -21,9 +22,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from protocol.asyncapi import asyncapi_document
-from protocol.errors import ParleyError
-from sessions import keys, open_store
+from parley.protocol.asyncapi import asyncapi_document
+from parley.protocol.errors import ParleyError
+from parley.sessions import keys, open_store
 
 from .auth import build_authenticator
 from .endpoint import Connection, websocket_endpoint
@@ -39,7 +40,17 @@ from .settings import Settings
 
 log = logging.getLogger("parley")
 
-WEB_DEMO = Path(__file__).resolve().parent.parent / "web-demo"
+
+def web_demo_dir() -> Path | None:
+    """Where the web demo's files are: ``web-demo/`` in a checkout, ``parley/web`` when installed."""
+    spec = importlib.util.find_spec("parley.web")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(location) / "index.html").is_file():
+            return Path(location)
+    return None
+
+
+WEB_DEMO = web_demo_dir()
 
 
 class WebSocketFirst:
@@ -269,6 +280,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
     async def index(request: Request) -> Response:
+        assert WEB_DEMO is not None
         return FileResponse(WEB_DEMO / "index.html")
 
     routes: list[Any] = [
@@ -278,8 +290,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/metrics", metrics_endpoint),
         Route("/v1/feedback", feedback_endpoint),
     ]
-    if WEB_DEMO.is_dir():
+    if WEB_DEMO is not None:
         routes += [Route("/", index), Mount("/", StaticFiles(directory=WEB_DEMO), name="web-demo")]
+    else:
+        log.warning("the web demo's files were not found (parley.web); / answers 404")
     # /v1/ws is served ahead of the router (WebSocketFirst), not as a route
     app = Starlette(
         routes=routes,

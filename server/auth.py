@@ -19,7 +19,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
-from protocol.errors import Unauthorized
+from parley.protocol.errors import Unauthorized
 
 from .service import Principal
 from .settings import Settings

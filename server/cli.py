@@ -44,7 +44,7 @@ def _serve(args: argparse.Namespace) -> int:
 
         for key, value in overrides.items():
             os.environ[f"PARLEY_{key.upper()}"] = str(value)
-        uvicorn.run("server.app:create_app", factory=True, workers=settings.workers, **config)
+        uvicorn.run("parley.server.app:create_app", factory=True, workers=settings.workers, **config)
     else:
         uvicorn.run(create_app(settings), **config)
     return 0
@@ -112,7 +112,7 @@ def _feedback_export(args: argparse.Namespace) -> int:
                     if line.strip():
                         emit(json.loads(line))
         else:
-            from sessions import open_store
+            from parley.sessions import open_store
 
             store_url = args.store or Settings().store
             if store_url.startswith("memory://"):
@@ -144,7 +144,7 @@ def _feedback_export(args: argparse.Namespace) -> int:
 
 
 def _asyncapi(args: argparse.Namespace) -> int:
-    from protocol.asyncapi import asyncapi_document
+    from parley.protocol.asyncapi import asyncapi_document
 
     json.dump(asyncapi_document(), sys.stdout, indent=2)
     sys.stdout.write("\n")
@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _loadtest(argv: list[str]) -> int:
-    from loadtest.cli import main as loadtest_main
+    from parley.loadtest.cli import main as loadtest_main
 
     return int(loadtest_main(argv))
 

@@ -26,8 +26,8 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from protocol import PROTOCOL_VERSION, encode, error_event, parse_client
-from protocol.errors import (
+from parley.protocol import PROTOCOL_VERSION, encode, error_event, parse_client
+from parley.protocol.errors import (
     CloseCode,
     ErrorCode,
     InvalidMessage,
@@ -37,7 +37,7 @@ from protocol.errors import (
     Unauthorized,
     UnsupportedVersion,
 )
-from protocol.messages import (
+from parley.protocol.messages import (
     Feedback,
     Heartbeat,
     Hello,
@@ -49,9 +49,9 @@ from protocol.messages import (
     SessionSnapshot,
     Turn,
 )
-from sessions import LogEntry, LogGap, SlowConsumer, fresh, replay
-from sessions.fanout import Subscriber
-from sessions.keys import REPLAY_CHUNK
+from parley.sessions import LogEntry, LogGap, SlowConsumer, fresh, replay
+from parley.sessions.fanout import Subscriber
+from parley.sessions.keys import REPLAY_CHUNK
 
 from . import logs
 from .auth import Authenticator, Identity

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
-from sessions import SessionStore
+from parley.sessions import SessionStore
 
 PAGE = 500  # session ids read from the index per store call
 MAX_LIMIT = 100_000

@@ -18,17 +18,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol import encode
-from protocol.codec import encode_delta
-from protocol.errors import (
+from parley.protocol import encode
+from parley.protocol.codec import encode_delta
+from parley.protocol.errors import (
     ErrorCode,
     ParleyError,
     PolicyRefusal,
     SchemaValidationFailed,
     UpstreamUnavailable,
 )
-from protocol.messages import ErrorInfo, ResponseCompleted, Usage
-from sessions import DeltaWrite, SessionStore
+from parley.protocol.messages import ErrorInfo, ResponseCompleted, Usage
+from parley.sessions import DeltaWrite, SessionStore
 
 from .providers.base import Finish, ModelProvider, ModelRequest, TextDelta, UsageReport
 from .schema_check import OutputValidator

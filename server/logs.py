@@ -101,12 +101,16 @@ class TextFormatter(logging.Formatter):
 def logging_config(settings: Settings) -> dict[str, Any]:
     """A ``logging.config.dictConfig`` for ``parley serve`` (uvicorn applies it in every worker)."""
     level = settings.log_level.upper()
-    formatter = "server.logs.JsonFormatter" if settings.log_format == "json" else "server.logs.TextFormatter"
+    formatter = (
+        "parley.server.logs.JsonFormatter"
+        if settings.log_format == "json"
+        else "parley.server.logs.TextFormatter"
+    )
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"parley": {"()": formatter}},
-        "filters": {"chatter": {"()": "server.logs.HandshakeChatter"}},
+        "filters": {"chatter": {"()": "parley.server.logs.HandshakeChatter"}},
         "handlers": {
             "default": {"class": "logging.StreamHandler", "formatter": "parley", "stream": "ext://sys.stderr"}
         },

@@ -23,7 +23,7 @@ from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.utils import floatToGoString
 
-from protocol.errors import ParleyError
+from parley.protocol.errors import ParleyError
 
 from .providers.base import ModelProvider, ModelRequest, ProviderEvent, TextDelta, UsageReport
 

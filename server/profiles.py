@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from protocol.errors import InvalidMessage
+from parley.protocol.errors import InvalidMessage
 
 from .providers.base import ChatMessage, Profile
 

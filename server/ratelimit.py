@@ -26,8 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from sessions import keys
-from sessions.redis_wire import DRIVER_INFO
+from parley.sessions import keys
+from parley.sessions.redis_wire import DRIVER_INFO
 
 from .service import Principal
 from .settings import Settings

@@ -19,7 +19,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from protocol.errors import SchemaValidationFailed
+from parley.protocol.errors import SchemaValidationFailed
 
 #: Outputs longer than this are not validated (answered ``schema_validation_failed``).
 MAX_OUTPUT_CHARS = 256 * 1024

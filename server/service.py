@@ -13,10 +13,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from protocol import encode
-from protocol.errors import Busy, InvalidMessage, PayloadTooLarge, SessionNotFound
-from protocol.messages import FeedbackRecorded, MessageAccepted, MessageDuplicate, ResponseStarted
-from sessions import AcceptResult, SessionStore
+from parley.protocol import encode
+from parley.protocol.errors import Busy, InvalidMessage, PayloadTooLarge, SessionNotFound
+from parley.protocol.messages import FeedbackRecorded, MessageAccepted, MessageDuplicate, ResponseStarted
+from parley.sessions import AcceptResult, SessionStore
 
 from .generation import Generations, interrupted_event, now_ms
 from .profiles import ProfileSet, build_context

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from sessions import keys
+from parley.sessions import keys
 
 
 class Settings(BaseSettings):

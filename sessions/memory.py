@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol import with_seq
+from parley.protocol import with_seq
 
 from .fanout import Fanout, Subscriber
 from .keys import HISTORY_MAX_TURNS, LOG_MAX_LEN, SESSION_TTL_MS

@@ -24,8 +24,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from protocol import seq_of
-from protocol.errors import InternalError, UpstreamUnavailable
+from parley.protocol import seq_of
+from parley.protocol.errors import InternalError, UpstreamUnavailable
 
 from . import keys, redis_lua
 from .fanout import Fanout, Subscriber

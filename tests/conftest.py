@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from sessions import SessionStore, open_store
+from parley.sessions import SessionStore, open_store
 
 from .support import RedisCluster, RedisServer, live_server
 

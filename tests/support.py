@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 import uvicorn
 
-from client import ParleyClient
-from server.app import create_app
-from server.settings import Settings
+from parley.client import ParleyClient
+from parley.server.app import create_app
+from parley.server.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -204,7 +204,7 @@ class ServerProcess:
         env = {**os.environ, **self.env, "PARLEY_PORT": str(self.port), "PARLEY_HOST": "127.0.0.1"}
         fd, self.log_path = tempfile.mkstemp(prefix="parley-server-", suffix=".log")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve"], env=env, cwd=ROOT, stdout=fd, stderr=fd
+            [sys.executable, "-m", "parley.server.cli", "serve"], env=env, cwd=ROOT, stdout=fd, stderr=fd
         )
         os.close(fd)
         wait_until(self._healthy, 20, f"parley on {self.port}")

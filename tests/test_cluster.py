@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from client import ParleyClient
-from sessions import keys
+from parley.client import ParleyClient
+from parley.sessions import keys
 
 from .support import RedisCluster, live_server
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from server.providers.base import ChatMessage, Finish, ModelRequest, Profile, TextDelta, UsageReport
-from server.providers.echo import EchoProvider
+from parley.server.providers.base import ChatMessage, Finish, ModelRequest, Profile, TextDelta, UsageReport
+from parley.server.providers.echo import EchoProvider
 
 
 async def run(provider: EchoProvider, messages: list[ChatMessage], **kw: object) -> list[object]:

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from server.generation import DeltaWriter, Generation
-from sessions.memory import MemoryStore
+from parley.server.generation import DeltaWriter, Generation
+from parley.sessions.memory import MemoryStore
 
 from .test_store import accept
 

@@ -8,8 +8,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.frames import Frame, Opcode
 
-from client import ParleyClient
-from server.inline import text_frame
+from parley.client import ParleyClient
+from parley.server.inline import text_frame
 
 from .support import live_server, reference_reply
 
@@ -62,8 +62,8 @@ def test_the_endpoint_is_found_when_the_app_is_mounted_under_a_prefix() -> None:
     from starlette.routing import Mount
     from starlette.testclient import TestClient
 
-    from server.app import create_app
-    from server.settings import Settings
+    from parley.server.app import create_app
+    from parley.server.settings import Settings
 
     outer = Starlette(routes=[Mount("/chat", app=create_app(Settings(store="memory://")))])
     with (

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from loadtest.cli import EXIT_INTEGRITY, EXIT_OK, build_parser, config_from_args, exit_code
-from loadtest.config import LoadConfig
-from loadtest.runner import run_load
-from loadtest.stats import Histogram
-from loadtest.wire import HandshakeError, open_ws
+from parley.loadtest.cli import EXIT_INTEGRITY, EXIT_OK, build_parser, config_from_args, exit_code
+from parley.loadtest.config import LoadConfig
+from parley.loadtest.runner import run_load
+from parley.loadtest.stats import Histogram
+from parley.loadtest.wire import HandshakeError, open_ws
 
 from .support import ROOT, ServerProcess, live_server
 
@@ -241,7 +241,7 @@ async def test_broken_delivery_is_detected_and_fails_the_run(kind: str) -> None:
 
 @pytest.mark.slow
 def test_cli_writes_json_and_plot_and_exits_zero(tmp_path: Path) -> None:
-    """``python -m loadtest`` against ``parley serve`` writes the JSON report and the PNG and exits 0."""
+    """``python -m parley.loadtest`` against ``parley serve`` writes the JSON report and the PNG, exit 0."""
     server = ServerProcess(
         {"PARLEY_STORE": "memory://", "PARLEY_ECHO_TOKENS_PER_SECOND": "0", "PARLEY_ECHO_REPLY_TOKENS": "20"}
     )
@@ -249,7 +249,7 @@ def test_cli_writes_json_and_plot_and_exits_zero(tmp_path: Path) -> None:
     try:
         out, png = tmp_path / "r.json", tmp_path / "r.png"
         proc = subprocess.run(
-            [sys.executable, "-m", "loadtest", "--url", server.url, "-n", "4", "-t", "2",
+            [sys.executable, "-m", "parley.loadtest", "--url", server.url, "-n", "4", "-t", "2",
              "--reply-tokens", "20", "--server-pid", str(server.proc.pid), "--json", str(out),
              "--plot", str(png), "--duration", "30"],
             cwd=ROOT, capture_output=True, text=True, timeout=60,

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from client import ParleyClient
+from parley.client import ParleyClient
 
 from .support import RedisServer, ServerProcess, read_logged, reference_reply
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from client import ParleyClient
+from parley.client import ParleyClient
 
 from .support import ROOT, ServerProcess, free_port, reference_reply, wait_until
 

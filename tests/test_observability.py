@@ -18,8 +18,8 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
-from client import ParleyClient, ParleyClosed
-from server.metrics import GAP_BUCKETS, LoopHistogram
+from parley.client import ParleyClient, ParleyClosed
+from parley.server.metrics import GAP_BUCKETS, LoopHistogram
 
 from .support import ROOT, ServerProcess
 
@@ -216,7 +216,7 @@ async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, s
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "server.cli",
+        "parley.server.cli",
         *args,
         cwd=ROOT,
         env={**os.environ, **(env or {})},

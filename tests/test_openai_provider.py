@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from protocol.errors import (
+from parley.protocol.errors import (
     ErrorCode,
     InternalError,
     ParleyError,
@@ -20,8 +20,8 @@ from protocol.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from server.providers.base import ChatMessage, Finish, ModelRequest, Profile, TextDelta, UsageReport
-from server.providers.openai import OpenAIProvider, openai_response_format, parse_retry_after
+from parley.server.providers.base import ChatMessage, Finish, ModelRequest, Profile, TextDelta, UsageReport
+from parley.server.providers.openai import OpenAIProvider, openai_response_format, parse_retry_after
 from tests.fake_openai import SECRET, FakeOpenAI, Reply, blackhole_listener
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from client import ParleyClient
+from parley.client import ParleyClient
 
 from .fake_openai import SECRET, FakeOpenAI, Reply
 from .support import live_server

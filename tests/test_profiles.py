@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol.errors import ErrorCode, InvalidMessage
-from server.profiles import (
+from parley.protocol.errors import ErrorCode, InvalidMessage
+from parley.server.profiles import (
     ProfileSet,
     build_context,
     count_tokens,
@@ -21,7 +21,7 @@ from server.profiles import (
     single_profile_set,
     trim_context,
 )
-from server.providers.base import ChatMessage, Profile
+from parley.server.providers.base import ChatMessage, Profile
 
 GOOD = """
 default = "support"

@@ -8,11 +8,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import ERROR_CLASSES, CloseCode, ErrorCode, ParleyError, encode, parse_client, seq_of, with_seq
-from protocol.asyncapi import CLIENT_MODELS, SERVER_MODELS, asyncapi_document
-from protocol.codec import encode_delta
-from protocol.errors import InvalidMessage, PayloadTooLarge, ProtocolError
-from protocol.messages import Hello, MessageSend, ResponseDelta
+from parley.protocol import (
+    ERROR_CLASSES,
+    CloseCode,
+    ErrorCode,
+    ParleyError,
+    encode,
+    parse_client,
+    seq_of,
+    with_seq,
+)
+from parley.protocol.asyncapi import CLIENT_MODELS, SERVER_MODELS, asyncapi_document
+from parley.protocol.codec import encode_delta
+from parley.protocol.errors import InvalidMessage, PayloadTooLarge, ProtocolError
+from parley.protocol.messages import Hello, MessageSend, ResponseDelta
 
 
 def test_every_error_code_has_exactly_one_exception_class() -> None:

@@ -12,7 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from sessions.redis_mux import Multiplexed
+from parley.sessions.redis_mux import Multiplexed
 
 from .support import RedisServer
 

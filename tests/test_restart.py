@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from client import ParleyClient
+from parley.client import ParleyClient
 
 from .support import RedisServer, ServerProcess
 

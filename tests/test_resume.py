@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from client import ParleyClient
+from parley.client import ParleyClient
 
 from .support import read_logged, reference_reply
 

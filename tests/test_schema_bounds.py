@@ -11,13 +11,13 @@ from typing import Any
 import httpx
 import pytest
 
-from client import ParleyClient
-from protocol import parse_client
-from protocol.errors import InvalidMessage, SchemaValidationFailed
-from protocol.schema_budget import MAX_MIN_INSTANCE, SchemaTooCostly, check_schema
-from server.providers.base import ChatMessage, Finish, ModelRequest, Profile, TextDelta
-from server.providers.echo import EchoProvider
-from server.schema_check import OutputValidator
+from parley.client import ParleyClient
+from parley.protocol import parse_client
+from parley.protocol.errors import InvalidMessage, SchemaValidationFailed
+from parley.protocol.schema_budget import MAX_MIN_INSTANCE, SchemaTooCostly, check_schema
+from parley.server.providers.base import ChatMessage, Finish, ModelRequest, Profile, TextDelta
+from parley.server.providers.echo import EchoProvider
+from parley.server.schema_check import OutputValidator
 
 from .support import ServerProcess
 

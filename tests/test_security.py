@@ -20,9 +20,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 
-from client import ParleyClient, ParleyClosed
-from server.auth import Authenticator
-from server.settings import Settings
+from parley.client import ParleyClient, ParleyClosed
+from parley.server.auth import Authenticator
+from parley.server.settings import Settings
 
 from .support import ROOT, live_server, reference_reply
 
@@ -214,7 +214,7 @@ def test_weak_or_ambiguous_auth_settings_are_refused_at_startup() -> None:
     with pytest.raises(ValueError, match="2048"):
         Authenticator(Settings(auth_jwt_public_key=public_pem(rsa_key(1024))))
     out = subprocess.run(
-        [sys.executable, "-m", "server.cli", "serve"],
+        [sys.executable, "-m", "parley.server.cli", "serve"],
         env={"PATH": "/usr/bin:/bin", "PARLEY_AUTH_JWT_SECRET": "short"},
         cwd=ROOT,
         capture_output=True,
@@ -479,8 +479,8 @@ async def test_frames_per_minute_is_enforced_per_connection() -> None:
 
 async def test_limiters_agree_on_every_backend(any_store_kind: str, request: pytest.FixtureRequest) -> None:
     """Memory, Redis and Redis Cluster limiters give the same answers for buckets, debt and caps."""
-    from server.ratelimit import open_limiter
-    from server.service import Principal
+    from parley.server.ratelimit import open_limiter
+    from parley.server.service import Principal
 
     from .conftest import store_url
 

@@ -11,9 +11,9 @@ import pytest
 import websockets
 from websockets.asyncio.client import connect
 
-from client import ParleyClient, ParleyClosed
-from server.providers.base import ChatMessage
-from server.providers.echo import reply_words
+from parley.client import ParleyClient, ParleyClosed
+from parley.server.providers.base import ChatMessage
+from parley.server.providers.echo import reply_words
 
 
 def expected_reply(*user_turns: str, n: int = 20) -> str:

@@ -10,16 +10,16 @@ from typing import Any
 
 import pytest
 
-from protocol import encode, seq_of
-from protocol.messages import (
+from parley.protocol import encode, seq_of
+from parley.protocol.messages import (
     FeedbackRecorded,
     MessageAccepted,
     ResponseCompleted,
     ResponseDelta,
     ResponseStarted,
 )
-from sessions import DeltaWrite, SessionStore, replay, tail
-from sessions.tail import LogGap
+from parley.sessions import DeltaWrite, SessionStore, replay, tail
+from parley.sessions.tail import LogGap
 
 LEASE = 5_000
 
@@ -305,7 +305,7 @@ async def test_sessions_expire_after_their_ttl(any_store_kind: str, request: obj
     """Every key of an idle session expires with the session TTL; an expired session is not found."""
     import time
 
-    from sessions import open_store
+    from parley.sessions import open_store
 
     from .conftest import store_url
 
@@ -330,7 +330,7 @@ def test_hiredis_packing_writes_the_bytes_redis_py_writes() -> None:
     """The store's C command packer produces byte-for-byte what redis-py's own packer does."""
     import redis.asyncio as aioredis
 
-    from sessions.redis_wire import with_hiredis_packing
+    from parley.sessions.redis_wire import with_hiredis_packing
 
     plain = aioredis.Connection()
     fast = with_hiredis_packing(aioredis.Connection)()
@@ -349,7 +349,7 @@ async def test_new_redis_connections_skip_the_metadata_lookup(redis_url: str, mo
     """A burst that grows the store's connection pool never reads redis-py's version from package metadata."""
     import redis.utils
 
-    from sessions import open_store
+    from parley.sessions import open_store
 
     def no_lookup() -> str:
         raise AssertionError("redis-py looked its version up for a new connection")
@@ -368,7 +368,7 @@ async def test_index_entries_of_a_burst_go_out_as_one_command_per_index(redis_ur
     """Index writes made together reach Redis as one ZADD (and one ZREM) per index, in the order made."""
     import redis.asyncio as aioredis
 
-    from sessions import keys, open_store
+    from parley.sessions import keys, open_store
 
     admin = aioredis.Redis.from_url(redis_url, decode_responses=True)
 
@@ -399,7 +399,7 @@ async def test_index_writes_keep_their_order_and_deadlines_only_grow(redis_url: 
     leaves its (later) deadline in place."""
     import redis.asyncio as aioredis
 
-    from sessions import keys, open_store
+    from parley.sessions import keys, open_store
 
     s: Any = open_store(redis_url)
     await s.start()
@@ -420,7 +420,7 @@ async def test_index_writes_keep_their_order_and_deadlines_only_grow(redis_url: 
 
 async def test_index_reads_do_not_wait_out_steady_index_traffic(redis_url: str) -> None:
     """While index entries keep arriving, a read of the index waits only for the writes made before it."""
-    from sessions import keys, open_store
+    from parley.sessions import keys, open_store
 
     s: Any = open_store(redis_url)
     await s.start()
@@ -448,7 +448,7 @@ async def test_index_reads_do_not_wait_out_steady_index_traffic(redis_url: str) 
 
 async def test_a_cancelled_subscribe_leaves_no_reader(redis_url: str) -> None:
     """A subscribe cancelled while waiting for Redis's confirmation leaves no reader in the fan-out."""
-    from sessions import open_store
+    from parley.sessions import open_store
 
     s: Any = open_store(redis_url)
     await s.start()
@@ -476,7 +476,7 @@ async def test_a_lease_is_in_the_index_once_its_turn_is_accepted(
     import redis
     from redis.cluster import RedisCluster
 
-    from sessions import keys, open_store
+    from parley.sessions import keys, open_store
 
     from .conftest import store_url
 

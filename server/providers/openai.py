@@ -41,7 +41,7 @@ import httpx2
 import openai
 from openai import AsyncOpenAI
 
-from protocol.errors import (
+from parley.protocol.errors import (
     InternalError,
     ParleyError,
     PolicyRefusal,

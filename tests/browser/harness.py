@@ -80,7 +80,7 @@ class Parley:
                 [
                     sys.executable,
                     "-m",
-                    "server.cli",
+                    "parley.server.cli",
                     "serve",
                     "--host",
                     "127.0.0.1",
