@@ -288,6 +288,8 @@ async def test_echo_required_choice_calls_with_a_schema_instance() -> None:
     ]
     events = await run([ChatMessage("user", "hello")], tools=TOOLS, tool_choice=NamedToolChoice(name="clock"))
     assert [(e.name, e.arguments) for e in events if isinstance(e, ToolCall)] == [("clock", {})]
+    events = await run([ChatMessage("user", "hello")], tools=TOOLS, tool_choice=NamedToolChoice(name="nope"))
+    assert events[-1] == Finish("stop") and not any(isinstance(e, ToolCall) for e in events)
 
 
 async def test_echo_replies_with_every_output_after_the_results() -> None:

@@ -151,9 +151,12 @@ def planned_calls(request: ModelRequest, last_user: str) -> list[tuple[str, str,
             wanted.append((name, raw or "{}"))
     choice = request.tool_choice
     if not wanted and (choice == "required" or isinstance(choice, NamedToolChoice)):
-        tool: ToolSpec = declared[choice.name] if isinstance(choice, NamedToolChoice) else request.tools[0]
-        instance = schema_instance(tool.parameters, last_user)
-        wanted.append((tool.name, json.dumps(instance if isinstance(instance, dict) else {})))
+        tool: ToolSpec | None = (
+            declared.get(choice.name) if isinstance(choice, NamedToolChoice) else request.tools[0]
+        )
+        if tool is not None:  # a choice naming an undeclared tool is the core's to refuse, not a crash
+            instance = schema_instance(tool.parameters, last_user)
+            wanted.append((tool.name, json.dumps(instance if isinstance(instance, dict) else {})))
     digest = _digest(messages, "calls").hex()
     return [
         (f"call_{hashlib.sha256(f'{digest}:{i}'.encode()).hexdigest()[:24]}", name, raw)
