@@ -12,6 +12,8 @@ model churn stays behind the service boundary. Profiles come from a TOML file
     model = "gpt-4o-mini"
     system_prompt = "You are a concise support agent."
     context_tokens = 4000          # upstream budget, in whitespace tokens
+    tools = ["parley.server.tools.clock:now"]  # server tools the model may call (module:attribute)
+    reasoning = "hide"             # or "stream": send the model's reasoning deltas to clients
     [profiles.support.params]      # sent verbatim to the model (temperature, max_tokens, top_p, ...)
     temperature = 0.2
     max_tokens = 512
@@ -27,6 +29,7 @@ newest turn alone exceed the budget they are still sent as they are.
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,11 +38,18 @@ from typing import Any
 from parley.protocol.errors import InvalidMessage
 
 from .providers.base import ChatMessage, Profile
+from .tools.registry import PATH_PATTERN
 
 PROVIDERS = frozenset({"echo", "openai"})
 #: Params a profile may not set: Parley owns the conversation and the streaming mode.
-RESERVED_PARAMS = frozenset({"model", "messages", "stream", "stream_options", "response_format", "n"})
-_FIELDS = frozenset({"version", "provider", "model", "system_prompt", "context_tokens", "params"})
+RESERVED_PARAMS = frozenset(
+    {"model", "messages", "stream", "stream_options", "response_format", "n", "tools", "tool_choice"}
+)
+_FIELDS = frozenset(
+    {"version", "provider", "model", "system_prompt", "context_tokens", "params", "tools", "reasoning"}
+)
+REASONING_MODES = ("hide", "stream")
+_TOOL_PATH_RE = re.compile(PATH_PATTERN)
 DEFAULT_PROFILE_NAME = "default"
 _DEFAULTS = Profile()
 
@@ -142,6 +152,17 @@ def _parse_profile(name: str, table: Any, source: str) -> Profile:
             raise fail(f"params.{key}", "is set by Parley and cannot be overridden")
         if isinstance(value, float) and not math.isfinite(value):
             raise fail(f"params.{key}", "must be a finite number")
+    tools = table.get("tools", [])
+    if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
+        raise fail("tools", 'must be a list of strings such as ["mypkg.tools:lookup_order"]')
+    for path in tools:
+        if not _TOOL_PATH_RE.match(path):
+            raise fail("tools", f"{path!r} is not 'package.module:attribute'")
+        if tools.count(path) > 1:
+            raise fail("tools", f"{path!r} is listed twice")
+    reasoning = table.get("reasoning", _DEFAULTS.reasoning)
+    if reasoning not in REASONING_MODES:
+        raise fail("reasoning", f'must be "hide" (the default) or "stream", not {reasoning!r}')
     return Profile(
         name=name,
         version=str(version),
@@ -150,6 +171,8 @@ def _parse_profile(name: str, table: Any, source: str) -> Profile:
         system_prompt=system_prompt,
         params=dict(params),
         context_tokens=context_tokens,
+        tools=tuple(tools),
+        reasoning=reasoning,
     )
 
 

@@ -14,6 +14,14 @@ client that goes away before its response is complete sets ``fake.disconnected``
 Delays in a ``Reply`` are the fake's behaviour (a slow model), never test
 synchronization: they end early as soon as the client disconnects.
 
+A reply can also stream reasoning (``reasoning=[...]`` in the
+``reasoning_field`` delta field, before any content) and tool calls
+(``tool_calls=[FakeCall(...)]`` after the content, as OpenAI does: a first chunk
+with the call's ``index``, ``id``, ``type`` and ``name`` and empty arguments, then
+one chunk per argument piece; ``tool_calls_mode`` ``"interleaved"`` sends the
+pieces of several calls round-robin, ``"one_chunk"`` sends every call whole in
+one delta). ``reasoning_tokens`` adds ``completion_tokens_details`` to the usage.
+
 ``blackhole_listener()`` gives an address whose TCP connect never completes, for
 connect-timeout tests.
 """
@@ -35,6 +43,15 @@ SECRET = "SECRET-UPSTREAM-PAYLOAD-7f3a"
 
 
 @dataclass
+class FakeCall:
+    """One streamed tool call: its arguments text cut into ``arguments`` pieces (anywhere, even mid-token)."""
+
+    name: str
+    arguments: list[str] = field(default_factory=lambda: ["{}"])
+    id: str | None = None  # None: the call is streamed without an id, as some local servers do
+
+
+@dataclass
 class Reply:
     """What the fake does with one request."""
 
@@ -53,6 +70,17 @@ class Reply:
     refusal: str | None = None  # stream a ``refusal`` delta instead of content
     stream_error_after: int | None = None  # send an in-stream ``{"error": ...}`` event after N chunks
     garbage_after: int | None = None  # send a ``data:`` line that is not JSON after N chunks (0 = first)
+    reasoning: list[str] = field(default_factory=list)  # reasoning pieces, streamed before the content
+    reasoning_field: str = "reasoning_content"  # or "reasoning"
+    reasoning_tokens: int | None = None  # usage.completion_tokens_details.reasoning_tokens
+    tool_calls: list[FakeCall] = field(default_factory=list)  # streamed after the content
+    tool_calls_mode: str = "sequential"  # or "interleaved", "one_chunk"
+
+    @classmethod
+    def calls(cls, *calls: FakeCall, **kw: Any) -> Reply:
+        """A reply that only calls tools and finishes ``tool_calls``, as OpenAI answers a tool turn."""
+        kw.setdefault("finish_reason", "tool_calls")
+        return cls(chunks=kw.pop("chunks", []), tool_calls=list(calls), **kw)
 
     @classmethod
     def error(cls, status: int, retry_after: str | None = None, **kw: Any) -> Reply:
@@ -289,15 +317,17 @@ class FakeOpenAI:
             await event(f"<html>{SECRET}</html>")
         if await self._pause(reply.ttft, gone):
             return _LEFT
-        await event(choice({"role": "assistant", "content": ""}))
-        pieces = [reply.refusal] if reply.refusal is not None else reply.chunks
-        for i, piece in enumerate(pieces):
+        await event(choice({"role": "assistant", "content": None if reply.tool_calls else ""}))
+        deltas = [{reply.reasoning_field: piece, "content": None} for piece in reply.reasoning]
+        if reply.refusal is not None:
+            deltas.append({"refusal": reply.refusal, "content": None})
+        else:
+            deltas += [{"content": piece} for piece in reply.chunks]
+        deltas += _call_deltas(reply.tool_calls, reply.tool_calls_mode)
+        for i, delta in enumerate(deltas):
             if i and await self._pause(reply.between, gone):
                 return _LEFT
-            if reply.refusal is not None:
-                await event(choice({"refusal": piece, "content": None}))
-            else:
-                await event(choice({"content": piece}))
+            await event(choice(delta))
             sent = i + 1
             if reply.drop_after == sent:
                 writer.transport.abort()
@@ -320,8 +350,10 @@ class FakeOpenAI:
         include_usage = (body.get("stream_options") or {}).get("include_usage")
         if reply.usage is not None and include_usage:
             prompt, completion = reply.usage
-            usage = {"prompt_tokens": prompt, "completion_tokens": completion}
+            usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion}
             usage["total_tokens"] = prompt + completion
+            if reply.reasoning_tokens is not None:
+                usage["completion_tokens_details"] = {"reasoning_tokens": reply.reasoning_tokens}
             await event({**base, "choices": [], "usage": usage})
         await event("[DONE]")
         writer.write(b"0\r\n\r\n")
@@ -337,6 +369,33 @@ class FakeOpenAI:
         head += [f"{k}: {v}" for k, v in headers.items()]
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + data)
         await writer.drain()
+
+
+def _call_deltas(calls: list[FakeCall], mode: str) -> list[dict[str, Any]]:
+    """The ``tool_calls`` deltas for ``calls``, in the order and shape ``mode`` says."""
+
+    def head(i: int, call: FakeCall, arguments: str) -> dict[str, Any]:
+        part: dict[str, Any] = {"index": i, "type": "function"}
+        if call.id is not None:
+            part["id"] = call.id
+        part["function"] = {"name": call.name, "arguments": arguments}
+        return part
+
+    if mode == "one_chunk":
+        whole = [head(i, c, "".join(c.arguments)) for i, c in enumerate(calls)]
+        return [{"tool_calls": whole}] if calls else []
+    heads = [{"tool_calls": [head(i, c, "")]} for i, c in enumerate(calls)]
+    pieces = [
+        [{"tool_calls": [{"index": i, "function": {"arguments": piece}}]} for piece in c.arguments]
+        for i, c in enumerate(calls)
+    ]
+    if mode == "interleaved":
+        out = list(heads)
+        for round_ in range(max((len(p) for p in pieces), default=0)):
+            out += [p[round_] for p in pieces if round_ < len(p)]
+        return out
+    assert mode == "sequential", mode
+    return [d for h, p in zip(heads, pieces, strict=True) for d in (h, *p)]
 
 
 @contextlib.contextmanager

@@ -17,6 +17,24 @@ Upstream failures become Parley errors here and nowhere else; no provider text
     finish_reason "content_filter"          Finish("content_filter")     -
     a ``refusal`` delta                     PolicyRefusal                no
     any other 4xx (400/401/403/404/422...)  InternalError                no
+    a call's arguments not a JSON object    SchemaValidationFailed       no
+    a call naming an undeclared tool        SchemaValidationFailed       no
+
+Tool calls: ``request.tools`` / ``tool_choice`` go up as Chat Completions
+``tools`` / ``tool_choice``; streamed ``tool_calls`` deltas are assembled by their
+``index`` (several calls per response, interleaved or not, arguments cut
+anywhere), each argument piece is passed on as a ``ToolCallDelta``, and the
+complete calls (``ToolCall``) follow when the stream ends. A response with calls
+finishes ``tool_calls`` whatever finish_reason the server sent (some servers say
+``stop``), except ``length`` (the calls were cut off: they are dropped and the
+response finishes ``length``) and ``content_filter``.
+
+Reasoning: ``reasoning_content`` (DeepSeek, vLLM) and ``reasoning`` (OpenRouter,
+Ollama, newer vLLM) deltas become ``ReasoningDelta``. Any streamed piece (text,
+reasoning, call arguments) is proof of life: the first one ends the first-token
+deadline and each one restarts the between-token deadline, so a model that thinks
+for minutes in small steps is not timed out. ``usage.completion_tokens_details
+.reasoning_tokens`` becomes ``UsageReport.reasoning_tokens``.
 
 The SDK's own retries are off (``max_retries=0``): a retry after text has been
 streamed would duplicate it, so only this module decides, and only before the
@@ -29,6 +47,7 @@ import asyncio
 import contextlib
 import email.utils
 import inspect
+import json
 import logging
 import random
 import re
@@ -46,12 +65,25 @@ from parley.protocol.errors import (
     ParleyError,
     PolicyRefusal,
     RateLimited,
+    SchemaValidationFailed,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
 
 from ..profiles import RESERVED_PARAMS
-from .base import ChatMessage, Finish, ModelRequest, ProviderEvent, TextDelta, UsageReport
+from .base import (
+    ChatMessage,
+    Finish,
+    ModelRequest,
+    NamedToolChoice,
+    ProviderEvent,
+    ReasoningDelta,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    UsageReport,
+    parse_arguments,
+)
 
 log = logging.getLogger("parley.providers.openai")
 
@@ -59,6 +91,8 @@ _TRACE_RE = re.compile(r"^[0-9a-f]{32}$")
 _SCHEMA_NAME_RE = re.compile(r"[^a-zA-Z0-9_-]")
 _MAX_RETRY_AFTER_MS = 3_600_000
 _END = object()
+#: Delta fields reasoning models stream their thinking in (servers differ; the SDK keeps both as extras).
+_REASONING_FIELDS = ("reasoning_content", "reasoning")
 
 
 def _create_parameters() -> frozenset[str]:
@@ -129,13 +163,127 @@ def openai_response_format(response_format: dict[str, Any] | None) -> dict[str, 
     return None
 
 
-def upstream_messages(request: ModelRequest) -> list[dict[str, str]]:
+def upstream_messages(request: ModelRequest) -> list[dict[str, Any]]:
     """The conversation as sent: the profile's system prompt first unless the caller already put it in."""
     messages: list[ChatMessage] = list(request.messages)
     prompt = request.profile.system_prompt
     if prompt and not any(m.role == "system" and m.content == prompt for m in messages):
         messages.insert(0, ChatMessage("system", prompt))
-    return [{"role": m.role, "content": m.content} for m in messages]
+    return [upstream_message(m) for m in messages]
+
+
+def upstream_message(message: ChatMessage) -> dict[str, Any]:
+    """One message in Chat Completions form, assistant ``tool_calls`` and ``role: "tool"`` results too."""
+    if message.role == "tool":
+        return {"role": "tool", "tool_call_id": message.tool_call_id or "", "content": message.content}
+    if message.role == "assistant" and message.tool_calls:
+        calls = [
+            {
+                "id": call.call_id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)},
+            }
+            for call in message.tool_calls
+        ]
+        return {"role": "assistant", "content": message.content or None, "tool_calls": calls}
+    return {"role": message.role, "content": message.content}
+
+
+def openai_tools(request: ModelRequest) -> dict[str, Any]:
+    """``tools`` and ``tool_choice`` for the request body; nothing at all when no tools are declared."""
+    if not request.tools:
+        return {}
+    fields: dict[str, Any] = {
+        "tools": [
+            {
+                "type": "function",
+                "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
+            }
+            for t in request.tools
+        ]
+    }
+    choice = request.tool_choice
+    if isinstance(choice, NamedToolChoice):
+        fields["tool_choice"] = {"type": "function", "function": {"name": choice.name}}
+    elif choice is not None:
+        fields["tool_choice"] = choice
+    return fields
+
+
+class _PendingCall:
+    """One call being assembled from ``tool_calls`` deltas that share its ``index``."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.call_id = ""
+        self.name = ""
+        self.arguments: list[str] = []
+        self.unsent = ""  # argument text that arrived before the name (passed on once it is known)
+
+    def feed(self, call_id: str | None, name: str | None, arguments: str | None) -> ToolCallDelta | None:
+        """Take one delta; the ``ToolCallDelta`` to pass on, if it carried argument text."""
+        if call_id and not self.call_id:
+            self.call_id = call_id
+        if name:
+            self.name += name  # servers send the name whole; a split one still assembles
+        if arguments:
+            self.arguments.append(arguments)
+            self.unsent += arguments
+        if not (self.unsent and self.name):
+            return None
+        if not self.call_id:  # some local servers send no id: the id only has to be unique in history
+            self.call_id = f"call_{secrets.token_hex(12)}"
+        delta, self.unsent = ToolCallDelta(self.index, self.call_id, self.name, self.unsent), ""
+        return delta
+
+    def complete(self, declared: set[str]) -> ToolCall:
+        """The finished call; a missing or undeclared name, or arguments that are not an object,
+        is the model's error (``SchemaValidationFailed``)."""
+        if self.name not in declared:
+            shown = repr(self.name[:64]) if self.name else "without a name"
+            raise SchemaValidationFailed(f"the model called a tool {shown} that was not declared")
+        return ToolCall(
+            self.call_id or f"call_{secrets.token_hex(12)}",
+            self.name,
+            parse_arguments(self.name, "".join(self.arguments)),
+        )
+
+
+def usage_report(usage: Any) -> UsageReport:
+    """Chat Completions ``usage`` as a ``UsageReport``, reasoning tokens included when reported."""
+    details = getattr(usage, "completion_tokens_details", None)
+    reasoning = getattr(details, "reasoning_tokens", None) if details is not None else None
+    return UsageReport(
+        input_tokens=int(usage.prompt_tokens or 0),
+        output_tokens=int(usage.completion_tokens or 0),
+        reasoning_tokens=int(reasoning) if isinstance(reasoning, int) else None,
+    )
+
+
+def _delta_events(delta: Any, calls: dict[int, _PendingCall]) -> list[ProviderEvent]:
+    """The events one chunk's delta carries: reasoning, then text, then call-argument pieces."""
+    events: list[ProviderEvent] = []
+    for field in _REASONING_FIELDS:
+        text = getattr(delta, field, None)
+        if isinstance(text, str) and text:
+            events.append(ReasoningDelta(text))
+            break  # a server that sends both sends the same text twice
+    if delta.content:
+        events.append(TextDelta(delta.content))
+    for part in delta.tool_calls or ():
+        index = part.index if isinstance(part.index, int) else len(calls)
+        pending = calls.get(index)
+        if pending is None:
+            pending = calls[index] = _PendingCall(index)
+        function = part.function
+        piece = pending.feed(
+            part.id,
+            function.name if function is not None else None,
+            function.arguments if function is not None else None,
+        )
+        if piece is not None:
+            events.append(piece)
+    return events
 
 
 class _Retry(Exception):
@@ -230,6 +378,7 @@ class OpenAIProvider:
         response_format = openai_response_format(request.response_format)
         if response_format is not None:
             kwargs["response_format"] = response_format
+        kwargs.update(openai_tools(request))
         return kwargs
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ProviderEvent]:
@@ -240,7 +389,7 @@ class OpenAIProvider:
                 # aclosing: when our consumer stops, the attempt (and its HTTP stream) closes now, not at GC.
                 async with contextlib.aclosing(self._attempt(request, kwargs)) as events:
                     async for event in events:
-                        if isinstance(event, TextDelta):
+                        if isinstance(event, TextDelta | ReasoningDelta | ToolCallDelta):
                             emitted = True
                         yield event
                 return
@@ -260,13 +409,17 @@ class OpenAIProvider:
                 await asyncio.sleep(delay)
 
     async def _attempt(self, request: ModelRequest, kwargs: dict[str, Any]) -> AsyncIterator[ProviderEvent]:
-        """One upstream call. Raises ``_Retry`` for retryable failures before the first token."""
+        """One upstream call. Raises ``_Retry`` for retryable failures before the first token.
+
+        "Token" here is any streamed piece: text, reasoning or call arguments.
+        """
         loop = asyncio.get_running_loop()
         first_deadline = loop.time() + self.first_token_timeout
         upstream = None
         emitted = False
         finish: str | None = None
         usage: UsageReport | None = None
+        calls: dict[int, _PendingCall] = {}
         try:
             try:
                 async with asyncio.timeout_at(first_deadline):
@@ -280,18 +433,16 @@ class OpenAIProvider:
                     if chunk is _END:
                         break
                     if chunk.usage is not None:
-                        usage = UsageReport(
-                            input_tokens=int(chunk.usage.prompt_tokens or 0),
-                            output_tokens=int(chunk.usage.completion_tokens or 0),
-                        )
+                        usage = usage_report(chunk.usage)
                     for choice in chunk.choices[:1]:
                         delta = choice.delta
                         if delta is not None and delta.refusal:
                             log.warning("upstream refusal", extra={"trace_id": request.trace_id})
                             raise PolicyRefusal()
-                        if delta is not None and delta.content:
-                            emitted = True
-                            yield TextDelta(delta.content)
+                        if delta is not None:
+                            for event in _delta_events(delta, calls):
+                                emitted = True
+                                yield event
                         if choice.finish_reason:
                             finish = choice.finish_reason
             except TimeoutError:
@@ -322,13 +473,23 @@ class OpenAIProvider:
             if emitted:
                 raise error
             raise _Retry(error)
+        if calls and finish not in ("length", "content_filter"):
+            declared = {t.name for t in request.tools}
+            for index in sorted(calls):
+                yield calls[index].complete(declared)
+            if usage is not None:
+                yield usage
+            yield Finish("tool_calls")
+            return
         if usage is not None:
             yield usage
         if finish == "length":
-            yield Finish("length")
+            yield Finish("length")  # calls cut off mid-arguments are dropped: their deltas were a preview
         elif finish == "content_filter":
             yield Finish("content_filter")
-        else:  # "stop", and "tool_calls"/"function_call" which Parley does not request
+        else:  # "stop"; "tool_calls" without any call; "function_call", which Parley never requests
+            if finish == "tool_calls":
+                log.warning("upstream said tool_calls but sent no call", extra={"trace_id": request.trace_id})
             yield Finish("stop")
 
     def _map_error(self, exc: openai.APIError, trace_id: str, emitted: bool) -> Exception:
