@@ -54,7 +54,7 @@ SECRET_PREFIX = "whsec_"
 MIN_SECRET_BYTES, MAX_SECRET_BYTES = 24, 64
 #: A claim outlives one attempt by this much (the attempt itself is bounded by its timeout).
 CLAIM_MARGIN_MS = 5_000
-#: Deliveries a worker takes per claim, and attempts it runs at once.
+#: Deliveries a worker takes per claim (by default), and attempts it runs at once.
 CLAIM_BATCH = 32
 MAX_CONCURRENT_ATTEMPTS = 16
 USER_AGENT = "parley-webhooks/1"
@@ -351,6 +351,7 @@ class WebhookConfig:
     record_ttl_ms: int = keys.WEBHOOK_RECORD_TTL_MS
     recheck_ms: int = keys.WEBHOOK_RECHECK_MS
     claim_margin_ms: int = CLAIM_MARGIN_MS
+    claim_batch: int = CLAIM_BATCH
     rand: Callable[[], float] = field(default=random.random)
 
     @property
@@ -493,14 +494,18 @@ class Webhooks:
 
     async def run_due(self) -> int:
         """Claim what is due now and run it to the end; the number of records handled (tests, tools)."""
-        claims = await self.store.webhook_claim(_now_ms(), self.config.claim_lease_ms, CLAIM_BATCH)
+        claims = await self.store.webhook_claim(
+            _now_ms(), self.config.claim_lease_ms, self.config.claim_batch
+        )
         await asyncio.gather(*(self._handle(claim) for claim in claims))
         return len(claims)
 
     async def _run(self) -> None:
         while True:
             try:
-                claims = await self.store.webhook_claim(_now_ms(), self.config.claim_lease_ms, CLAIM_BATCH)
+                claims = await self.store.webhook_claim(
+                    _now_ms(), self.config.claim_lease_ms, self.config.claim_batch
+                )
             except ParleyError as exc:  # the store is down: try again at the next poll
                 log.warning("webhook claim failed: %s", exc.message)
                 claims = []
@@ -511,7 +516,7 @@ class Webhooks:
                 )
                 self._attempts.add(task)
                 task.add_done_callback(self._attempts.discard)
-            if len(claims) == CLAIM_BATCH:
+            if claims and len(claims) == self.config.claim_batch:
                 continue
             self._wake.clear()
             with contextlib.suppress(TimeoutError):

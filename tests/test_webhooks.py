@@ -89,6 +89,7 @@ class Receiver:
     hang_first: int = 0  # this many requests are held until the client gives up
     received: list[dict[str, Any]] = field(default_factory=list)
     bad_signatures: int = 0
+    elsewhere: int = 0  # requests to /elsewhere, where a 3xx points
     release: asyncio.Event = field(default_factory=asyncio.Event)
 
     def url(self, host: str = "127.0.0.1", path: str = "/hook") -> str:
@@ -109,7 +110,13 @@ class Receiver:
                 await asyncio.wait_for(self.release.wait(), 10)
             return Response(status_code=200)
         index = len(self.received) - 1 - self.hang_first
-        return Response(status_code=self.answers[index] if index < len(self.answers) else 200)
+        status = self.answers[index] if index < len(self.answers) else 200
+        headers = {"location": self.url(path="/elsewhere")} if 300 <= status < 400 else None
+        return Response(status_code=status, headers=headers)
+
+    async def redirected(self, request: Request) -> Response:
+        self.elsewhere += 1
+        return Response(status_code=200)
 
     def ids(self) -> list[str]:
         return [r["id"] for r in self.received]
@@ -118,7 +125,12 @@ class Receiver:
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     rec = Receiver()
-    app = Starlette(routes=[Route("/hook", rec.endpoint, methods=["POST"])])
+    app = Starlette(
+        routes=[
+            Route("/hook", rec.endpoint, methods=["POST"]),
+            Route("/elsewhere", rec.redirected, methods=["GET", "POST"]),
+        ]
+    )
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     rec.port = sock.getsockname()[1]
@@ -595,8 +607,8 @@ async def test_two_instances_never_send_the_same_attempt(
     other = wh_store if store_kind == "memory" else open_store(str(request.getfixturevalue("redis_url")))
     if other is not wh_store:
         await other.start()
-    a, _ = make_webhooks(wh_store)
-    b, _ = make_webhooks(other)
+    a, _ = make_webhooks(wh_store, claim_batch=1)  # one at a time: the two workers interleave
+    b, _ = make_webhooks(other, claim_batch=1)
     try:
         for i in range(20):
             await a.register("s_1", f"r_{i}", receiver.url())
@@ -613,3 +625,25 @@ async def test_two_instances_never_send_the_same_attempt(
 async def _all_delivered(hooks: Webhooks, n: int) -> bool:
     states = [await hooks.status(f"r_{i}") for i in range(n)]
     return all(s is not None and s.state is WebhookState.DELIVERED for s in states)
+
+
+async def test_redirects_and_proxies_are_never_followed(
+    wh_store: SessionStore, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 3xx is a failed attempt (its target is unchecked), and proxy variables cannot divert a POST."""
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    receiver.answers = [307]
+    hooks, _ = make_webhooks(wh_store)
+    await hooks.start()
+    try:
+        await hooks.register("s_1", "r_11", receiver.url())
+        await hooks.job_finished(finished_job(response_id="r_11"))
+        await eventually(lambda: _state(hooks, "r_11", WebhookState.DELIVERED), "delivery")
+    finally:
+        await hooks.aclose()
+    assert receiver.ids() == ["msg_r_11", "msg_r_11"]
+    assert {r["host"] for r in receiver.received} == {f"127.0.0.1:{receiver.port}"}
+    assert receiver.elsewhere == 0
