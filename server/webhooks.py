@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from parley.protocol.errors import InvalidMessage, ParleyError
+from parley.protocol.errors import InvalidMessage, ParleyError, UpstreamUnavailable
 from parley.protocol.http import Job, WebhookPayload, WebhookState, WebhookStatus
 from parley.sessions import keys
 from parley.sessions.store import WebhookClaim, WebhookStore
@@ -230,7 +230,7 @@ class UrlPolicy:
                 raise InvalidMessage(f"webhook_url: host {host!r} is not in PARLEY_WEBHOOK_ALLOWED_HOSTS")
             try:
                 addresses = await self.resolver(host, port)
-            except OSError:
+            except (OSError, UnicodeError):  # no such name, or one IDNA cannot encode
                 raise InvalidMessage(f"webhook_url: host {host!r} does not resolve") from None
             if not addresses:
                 raise InvalidMessage(f"webhook_url: host {host!r} does not resolve")
@@ -432,8 +432,13 @@ class Webhooks:
         """Refuse (``InvalidMessage``: a 400 at job creation) a URL no attempt could be sent to."""
         if self.signer is None:
             raise InvalidMessage("webhooks are off on this server (PARLEY_WEBHOOK_SECRET is not set)")
-        async with asyncio.timeout(self.config.timeout_ms / 1000):
-            await self.policy.target(url)
+        try:
+            async with asyncio.timeout(self.config.timeout_ms / 1000):
+                await self.policy.target(url)
+        except TimeoutError:
+            raise UpstreamUnavailable(
+                "could not resolve the webhook_url host in time", retry_after_ms=1000
+            ) from None
 
     async def register(self, session_id: str, response_id: str, url: str) -> Delivery:
         """A job's delivery record, waiting for the job; the same job again gets the same record."""
@@ -526,6 +531,8 @@ class Webhooks:
     async def _handle_in_slot(self, claim: WebhookClaim) -> None:
         try:
             await self._handle(claim)
+        except ParleyError as exc:  # the store is down: the claim expires and the delivery is retried
+            log.warning("webhook delivery %s: %s", claim.delivery_id, exc.message)
         except Exception:  # a bug must not stop the worker: the claim expires and is retried
             log.exception("webhook delivery %s failed unexpectedly", claim.delivery_id)
         finally:

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from parley.protocol.errors import InvalidMessage
+from parley.protocol.errors import InvalidMessage, UpstreamUnavailable
 from parley.protocol.http import Job, JobStatus, ResponseResult, WebhookState
 from parley.protocol.messages import Usage
 from parley.server.config_error import ConfigError
@@ -647,3 +647,24 @@ async def test_redirects_and_proxies_are_never_followed(
     assert receiver.ids() == ["msg_r_11", "msg_r_11"]
     assert {r["host"] for r in receiver.received} == {f"127.0.0.1:{receiver.port}"}
     assert receiver.elsewhere == 0
+
+
+async def test_a_name_that_cannot_resolve_is_refused_not_crashed() -> None:
+    """A listed suffix admitting an unencodable name gets "does not resolve", not a traceback."""
+    policy = UrlPolicy(HostAllowlist.parse("*.example.com"))
+    with pytest.raises(InvalidMessage, match="does not resolve"):
+        await policy.target("http://" + "a" * 70 + ".example.com/x")
+
+
+async def test_a_resolver_that_hangs_is_a_retryable_error_at_creation() -> None:
+    """Name resolution is bounded by the attempt timeout: a stuck resolver is upstream_unavailable."""
+    never = asyncio.Event()
+
+    async def stuck(host: str, port: int) -> list[str]:
+        await never.wait()
+        return []
+
+    hooks, _ = make_webhooks(open_store("memory://"), allowed="hooks.example.com", timeout_ms=100)
+    hooks.policy.resolver = stuck
+    with pytest.raises(UpstreamUnavailable, match="in time"):
+        await hooks.register("s_1", "r_1", "https://hooks.example.com/x")
