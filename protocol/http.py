@@ -16,6 +16,7 @@ is ``ErrorBody`` with the WebSocket's codes; ``HTTP_STATUS`` gives each code one
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from datetime import datetime
@@ -255,6 +256,84 @@ class WebhookPayload(_Answer):
     data: Job
 
 
+# ------------------------------------------------------------------ a turn as the log tells it
+
+
+class TurnFold:
+    """Folds one turn's logged events into its ``Job`` and ``ResponseResult``: the sync answer and a
+    job's poll are this fold over the log from the turn's ``message.accepted`` (pure: feed it JSON).
+
+    Events of other responses (feedback on older turns, say) are skipped. ``first_seq`` is the
+    ``message.accepted`` logged right before ``response.started`` (one store script logs both), or
+    ``response.started`` itself for a turn that no user message opened.
+    """
+
+    def __init__(self, response_id: str) -> None:
+        self.response_id = response_id
+        self.status = JobStatus.QUEUED
+        self.first_seq: int | None = None
+        self.last_seq: int | None = None
+        self.trace_id = ""
+        self._accepted_seq: int | None = None
+        self._text: list[str] = []
+        self._completed: m.ResponseCompleted | None = None
+
+    def feed(self, data: str) -> bool:
+        """Take one logged event's JSON (with its seq); True once the turn's terminal event is in."""
+        if self.status.terminal:
+            return True
+        event = json.loads(data)
+        kind, seq = event.get("type"), int(event["seq"])
+        if kind == "message.accepted":
+            self._accepted_seq = seq
+            return False
+        if event.get("response_id") != self.response_id or not str(kind).startswith("response."):
+            return False  # another turn's event, or not the response's own (feedback.recorded on it)
+        if kind == "response.started":
+            self.first_seq = self._accepted_seq if self._accepted_seq == seq - 1 else seq
+            self.trace_id = str(event.get("trace_id", ""))
+            self.status = self.status.to(JobStatus.RUNNING)
+        elif kind == "response.delta":
+            self._text.append(event["text"])
+        elif kind == "response.completed":
+            event.pop("seq", None)
+            self._completed = m.ResponseCompleted.model_validate(event)
+            self.status = self.status.to(JobStatus.of_finish(self._completed.finish_reason))
+        self.last_seq = seq
+        return self.status.terminal
+
+    @property
+    def text(self) -> str:
+        return "".join(self._text)
+
+    def result(self) -> ResponseResult | None:
+        """The finished turn, or None while it runs."""
+        done = self._completed
+        if done is None:
+            return None
+        first = self.first_seq if self.first_seq is not None else self.last_seq
+        return ResponseResult(
+            response_id=self.response_id,
+            text=self.text,
+            finish_reason=done.finish_reason,
+            usage=done.usage,
+            trace_id=self.trace_id,
+            first_seq=first or 0,
+            last_seq=self.last_seq or 0,
+            output=done.output,
+            error=done.error,
+        )
+
+    def job(self, session_id: str, webhook: WebhookStatus | None = None) -> Job:
+        return Job(
+            session_id=session_id,
+            response_id=self.response_id,
+            status=self.status,
+            result=self.result(),
+            webhook=webhook,
+        )
+
+
 # ------------------------------------------------------------------ errors
 
 
@@ -325,6 +404,24 @@ def error_headers(exc: ParleyError, trace_id: str) -> dict[str, str]:
     if status == HTTPStatus.UNAUTHORIZED:
         headers["WWW-Authenticate"] = 'Bearer realm="parley"'
     return headers
+
+
+# ------------------------------------------------------------------ trace ids
+
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,64}")
+
+
+def trace_id_of(traceparent: str | None, request_id: str | None) -> str | None:
+    """The trace id a caller asks for: a W3C ``traceparent``'s trace id (not all zeros), else an
+    ``X-Request-Id`` of at most 64 safe characters (it is echoed in a header and logged); None: make one."""
+    if traceparent is not None:
+        match = _TRACEPARENT.fullmatch(traceparent.strip().lower())
+        if match is not None and match.group(1) != "0" * 32:
+            return match.group(1)
+    if request_id is not None and _REQUEST_ID.fullmatch(request_id.strip()):
+        return request_id.strip()
+    return None
 
 
 # ------------------------------------------------------------------ which pattern answers a POST

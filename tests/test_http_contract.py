@@ -423,3 +423,91 @@ def test_openapi_schemas_come_from_the_models() -> None:
         "failed",
         "cancelled",
     }
+
+
+# ------------------------------------------------------------------ trace ids and the turn fold
+
+
+@pytest.mark.parametrize(
+    ("traceparent", "request_id", "trace"),
+    [
+        (
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "req-1",
+            "4bf92f3577b34da6a3ce929d0e0e4736",
+        ),
+        ("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", None, "4bf92f3577b34da6a3ce929d0e0e4736"),
+        ("00-00000000000000000000000000000000-00f067aa0ba902b7-01", "req-1", "req-1"),
+        ("garbage", "req-1", "req-1"),
+        (None, "abc:123/x=y", "abc:123/x=y"),
+        (None, "bad\r\nSet-Cookie: x", None),
+        (None, "x" * 65, None),
+        (None, "", None),
+        (None, None, None),
+    ],
+)
+def test_trace_id_of_the_callers_headers(
+    traceparent: str | None, request_id: str | None, trace: str | None
+) -> None:
+    """A valid traceparent wins, then a safe X-Request-Id; anything unsafe to echo is ignored."""
+    assert h.trace_id_of(traceparent, request_id) == trace
+
+
+def _turn_log(rid: str = "r_1", *, finish: str = "stop", start: int = 4) -> list[str]:
+    from parley.protocol.messages import FeedbackRecorded, ResponseStarted, Usage
+
+    bodies = [
+        encode(MessageAccepted(client_msg_id="c", message_id="m_1", content="hi")),
+        encode(ResponseStarted(response_id=rid, in_reply_to="m_1", profile="p@1", trace_id="t" * 32)),
+        encode_delta(rid, "Hello"),
+        encode(FeedbackRecorded(response_id=rid, rating="up")),  # rated while running: not the turn's
+        encode_delta(rid, ", world"),
+        encode(
+            ResponseCompleted(
+                response_id=rid,
+                finish_reason=finish,
+                usage=Usage(input_tokens=3, output_tokens=2),  # type: ignore[arg-type]
+            )
+        ),
+    ]
+    return [with_seq(start + i, body) for i, body in enumerate(bodies)]
+
+
+def test_a_turns_log_folds_into_its_result() -> None:
+    """message.accepted .. response.completed fold to the sync answer: text, usage, trace id and seq range."""
+    fold = h.TurnFold("r_1")
+    log = _turn_log()
+    assert [fold.feed(d) for d in log] == [False] * 5 + [True]
+    result = fold.result()
+    assert result is not None and result.text == "Hello, world" and result.finish_reason == "stop"
+    assert (result.first_seq, result.last_seq) == (4, 9) and result.trace_id == "t" * 32
+    assert result.usage.output_tokens == 2
+    job = fold.job("s_1")
+    assert job.status is h.JobStatus.COMPLETED and job.result == result
+
+
+def test_a_running_turn_is_a_running_job_without_result() -> None:
+    """Before response.completed the job is running (queued before response.started) and has no result."""
+    fold = h.TurnFold("r_1")
+    assert fold.job("s").status is h.JobStatus.QUEUED
+    for data in _turn_log()[:3]:
+        fold.feed(data)
+    assert fold.status is h.JobStatus.RUNNING and fold.result() is None and fold.text == "Hello"
+
+
+def test_fold_status_follows_the_finish_reason() -> None:
+    """A cancelled turn is a cancelled job; an interrupted one failed; events after the end are ignored."""
+    for finish, status in (("cancelled", h.JobStatus.CANCELLED), ("interrupted", h.JobStatus.FAILED)):
+        fold = h.TurnFold("r_1")
+        for data in _turn_log(finish=finish):
+            fold.feed(data)
+        assert fold.status is status
+        assert fold.feed(with_seq(99, encode_delta("r_1", "late")))
+        assert fold.text == "Hello, world"
+
+
+def test_fold_skips_other_responses() -> None:
+    """Another response's events in the log (an older turn's, say) change nothing."""
+    fold = h.TurnFold("r_other")
+    assert not any(fold.feed(d) for d in _turn_log())
+    assert fold.status is h.JobStatus.QUEUED and fold.text == ""
