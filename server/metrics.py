@@ -154,6 +154,7 @@ class Metrics:
         self.store_errors = Counter(
             "parley_redis_errors", "Session-store operations that failed, by operation", ["op"], registry=r
         )
+        self.webhooks = WebhookMetrics(r)
 
     def expose(self) -> bytes:
         return generate_latest(self.registry)
@@ -165,6 +166,27 @@ class Metrics:
         self.connections.set_function(connections)
         self.sessions_active.set_function(sessions)
         self.generations_running.set_function(running)
+
+
+class WebhookMetrics:
+    """Webhook deliveries of async jobs (server/webhooks.py)."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.deliveries = Counter(
+            "parley_webhook_deliveries",
+            "Webhook deliveries finished, by outcome (delivered, failed)",
+            ["outcome"],
+            registry=r,
+        )
+        self.attempts = Counter(
+            "parley_webhook_attempts", "Webhook POSTs sent (each retry counts)", registry=r
+        )
+        self.failures = Counter(
+            "parley_webhook_failures",
+            "Webhook attempts without a 2xx, by reason (status, timeout, network, refused)",
+            ["reason"],
+            registry=r,
+        )
 
 
 class MeteredProvider:

@@ -89,6 +89,16 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     log_level: str = "info"
 
+    # webhooks of async jobs (server/webhooks.py, docs/security.md "Webhooks"): signed as Standard
+    # Webhooks says, retried with backoff, sent only to the hosts listed here
+    webhook_secret: str | None = None  # "whsec_" + base64 of 24-64 random bytes; unset: webhooks off
+    webhook_allowed_hosts: str = ""  # comma-separated names, *.suffixes, IPs and CIDR networks
+    webhook_max_attempts: int = Field(8, ge=1, le=30)  # at-least-once: same webhook-id on every try
+    webhook_timeout_ms: int = Field(10_000, ge=100)  # one attempt, name resolution included
+    webhook_backoff_base_ms: int = Field(1_000, ge=1)  # wait before the 2nd attempt; doubles after
+    webhook_backoff_max_ms: int = Field(600_000, ge=1)  # cap of one wait (before jitter)
+    webhook_poll_ms: int = Field(500, ge=10)  # how often each instance looks for due deliveries
+
     @field_validator(
         "auth_jwt_secret",
         "auth_jwt_public_key",

@@ -96,3 +96,27 @@ def limit_key(tenant: str, kind: str, user: str | None = None) -> str:
 
     base = f"{PREFIX}:{{rl:{quote(tenant, safe='')}}}:{kind}"
     return base if user is None else f"{base}:u:{quote(user, safe='')}"
+
+
+# ------------------------------------------------------------------ webhooks (server/webhooks.py)
+# Every webhook key carries the one hash tag {webhooks}: the claim script reads the schedule and
+# the records it names atomically, in one Redis Cluster slot. Webhooks are few (one per async
+# job that names a URL), so one node carrying them all costs nothing.
+WEBHOOK_TAG = "{webhooks}"
+#: zset: delivery id -> when it is next due (ms). While an attempt runs its score is the claim's
+#: deadline (the fence), so a process that dies mid-attempt leaves it due again then; a delivery
+#: delivered or given up leaves the set. Waiting ones (job still running) are due for a re-check.
+WEBHOOKS_DUE = f"{PREFIX}:{WEBHOOK_TAG}:due"
+#: Prefix of the delivery records. hash: id, session_id, response_id, url, state, body,
+#: attempts, last_status, last_error, delivered_at_ms, created_ms. TTL from creation:
+WEBHOOK_RECORD_PREFIX = f"{PREFIX}:{WEBHOOK_TAG}:d:"
+#: the job's poll shows its webhook as long as a session lives, and every retry (8 attempts with
+#: backoff capped at minutes) ends long before; an abandoned record then costs nothing.
+WEBHOOK_RECORD_TTL_MS = SESSION_TTL_MS
+#: How often a waiting delivery (its job still running) re-checks the job: the generation that ends
+#: the job arms its delivery at once; this only catches a process that died in between.
+WEBHOOK_RECHECK_MS = 5_000
+
+
+def webhook_key(delivery_id: str) -> str:
+    return WEBHOOK_RECORD_PREFIX + delivery_id

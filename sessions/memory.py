@@ -7,10 +7,11 @@ without awaiting in the middle, which on one event loop makes each atomic.
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,7 @@ from .store import (
     LogEntry,
     SessionRecord,
     Snapshot,
+    WebhookClaim,
 )
 
 
@@ -287,3 +289,83 @@ class MemoryStore:
 
     def on_cancel(self, callback: Callable[[str, str], None]) -> None:
         self._cancel_callbacks.append(callback)
+
+    # ------------------------------------------------------------ webhook deliveries
+
+    @functools.cached_property
+    def _webhooks(self) -> _WebhookRecords:
+        return _WebhookRecords()
+
+    async def webhook_create(
+        self, delivery_id: str, fields: Mapping[str, str], *, due_ms: int, ttl_ms: int
+    ) -> bool:
+        wh = self._webhooks
+        if wh.get(delivery_id) is not None:
+            return False
+        wh.records[delivery_id] = (dict(fields), _now_ms() + ttl_ms)
+        wh.due[delivery_id] = due_ms
+        return True
+
+    async def webhook_get(self, delivery_id: str) -> dict[str, str] | None:
+        record = self._webhooks.get(delivery_id)
+        return dict(record) if record is not None else None
+
+    async def webhook_arm(
+        self, delivery_id: str, fields: Mapping[str, str], *, due_ms: int, from_state: str
+    ) -> bool:
+        wh = self._webhooks
+        record = wh.get(delivery_id)
+        if record is None or record.get("state") != from_state:
+            return False
+        record.update(fields)
+        wh.due[delivery_id] = due_ms
+        return True
+
+    async def webhook_claim(self, now_ms: int, lease_ms: int, limit: int) -> list[WebhookClaim]:
+        wh = self._webhooks
+        fence = now_ms + lease_ms
+        claimed: list[WebhookClaim] = []
+        for delivery_id, due in sorted(wh.due.items(), key=lambda item: item[1]):
+            if due > now_ms or len(claimed) >= limit:
+                break
+            record = wh.get(delivery_id)
+            if record is None:
+                continue
+            wh.due[delivery_id] = fence
+            claimed.append(WebhookClaim(delivery_id, fence, dict(record)))
+        return claimed
+
+    async def webhook_settle(
+        self, delivery_id: str, fields: Mapping[str, str], *, due_ms: int | None, fence: int
+    ) -> bool:
+        wh = self._webhooks
+        if wh.due.get(delivery_id) != fence:
+            return False
+        record = wh.get(delivery_id)
+        if record is None:
+            return False
+        record.update(fields)
+        if due_ms is None:
+            del wh.due[delivery_id]
+        else:
+            wh.due[delivery_id] = due_ms
+        return True
+
+
+class _WebhookRecords:
+    """The memory store's delivery records (with their expiry) and their schedule (id -> due ms)."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, tuple[dict[str, str], int]] = {}
+        self.due: dict[str, int] = {}
+
+    def get(self, delivery_id: str) -> dict[str, str] | None:
+        """The live record, or None (an expired one is dropped, with its schedule)."""
+        entry = self.records.get(delivery_id)
+        if entry is None:
+            return None
+        if entry[1] <= _now_ms():
+            del self.records[delivery_id]
+            self.due.pop(delivery_id, None)
+            return None
+        return entry[0]

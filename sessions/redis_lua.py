@@ -180,3 +180,60 @@ local text = redis.call('GET', KEYS[3]) or ''
 local turns = redis.call('LRANGE', KEYS[4], 0, -1)
 return {m[1] or '0', m[2] or '', text, turns}
 """
+
+# ------------------------------------------------------------------ webhook deliveries
+# KEYS are keys.WEBHOOKS_DUE and (but for the claim) the record's key; all share the {webhooks}
+# hash tag. Records are hashes; ARGV ends with the field/value pairs to write.
+
+# ARGV: delivery id, due ms, ttl ms, fields...
+WEBHOOK_CREATE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('HSET', KEYS[2], unpack(ARGV, 4))
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return 1
+"""
+
+# ARGV: delivery id, due ms, the state it must be in, fields...
+WEBHOOK_ARM = """
+if redis.call('HGET', KEYS[2], 'state') ~= ARGV[3] then return 0 end
+redis.call('HSET', KEYS[2], unpack(ARGV, 4))
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return 1
+"""
+
+# KEYS: the schedule only (records are named from it, in the same slot). ARGV: now ms, lease ms,
+# limit, record key prefix. Due records move to now + lease (the fence) and are returned with it;
+# ids whose record expired leave the schedule.
+WEBHOOK_CLAIM = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local fence = tonumber(ARGV[1]) + tonumber(ARGV[2])
+local out = {}
+for _, id in ipairs(ids) do
+  local record = redis.call('HGETALL', ARGV[4] .. id)
+  if #record == 0 then
+    redis.call('ZREM', KEYS[1], id)
+  else
+    redis.call('ZADD', KEYS[1], fence, id)
+    out[#out + 1] = {id, record}
+  end
+end
+return {fence, out}
+"""
+
+# ARGV: delivery id, fence, due ms or '' (leave the schedule), fields...
+WEBHOOK_SETTLE = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return 0
+end
+if #ARGV >= 5 then redis.call('HSET', KEYS[2], unpack(ARGV, 4)) end
+if ARGV[3] == '' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+else
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+end
+return 1
+"""

@@ -15,7 +15,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
@@ -40,6 +40,7 @@ from .store import (
     LogEntry,
     SessionRecord,
     Snapshot,
+    WebhookClaim,
 )
 
 log = logging.getLogger("parley.redis")
@@ -634,3 +635,57 @@ class RedisStore:
             return  # already delivered from memory right after our own append
         session_id = channel[len(keys.PREFIX) + 2 : -len("}:events")]
         self.fanout.publish(session_id, [LogEntry(seq_of(event), event)])
+
+    # ------------------------------------------------------------ webhook deliveries
+    # (server/webhooks.py; the scripts are in redis_lua.py, the keys in keys.py)
+
+    @functools.cached_property
+    def _webhook_scripts(self) -> dict[str, Any]:
+        names = ("WEBHOOK_CREATE", "WEBHOOK_ARM", "WEBHOOK_CLAIM", "WEBHOOK_SETTLE")
+        return {name: self._r.register_script(getattr(redis_lua, name)) for name in names}
+
+    @_guard
+    async def webhook_create(
+        self, delivery_id: str, fields: Mapping[str, str], *, due_ms: int, ttl_ms: int
+    ) -> bool:
+        script = self._webhook_scripts["WEBHOOK_CREATE"]
+        ks = [keys.WEBHOOKS_DUE, keys.webhook_key(delivery_id)]
+        return bool(await script(keys=ks, args=[delivery_id, due_ms, ttl_ms, *_flat(fields)]))
+
+    @_guard
+    async def webhook_get(self, delivery_id: str) -> dict[str, str] | None:
+        record = await self._r.hgetall(keys.webhook_key(delivery_id))
+        return dict(record) or None
+
+    @_guard
+    async def webhook_arm(
+        self, delivery_id: str, fields: Mapping[str, str], *, due_ms: int, from_state: str
+    ) -> bool:
+        script = self._webhook_scripts["WEBHOOK_ARM"]
+        ks = [keys.WEBHOOKS_DUE, keys.webhook_key(delivery_id)]
+        return bool(await script(keys=ks, args=[delivery_id, due_ms, from_state, *_flat(fields)]))
+
+    @_guard
+    async def webhook_claim(self, now_ms: int, lease_ms: int, limit: int) -> list[WebhookClaim]:
+        script = self._webhook_scripts["WEBHOOK_CLAIM"]
+        fence, found = await script(
+            keys=[keys.WEBHOOKS_DUE], args=[now_ms, lease_ms, limit, keys.WEBHOOK_RECORD_PREFIX]
+        )
+        return [
+            WebhookClaim(delivery_id, int(fence), dict(zip(flat[::2], flat[1::2], strict=True)))
+            for delivery_id, flat in found
+        ]
+
+    @_guard
+    async def webhook_settle(
+        self, delivery_id: str, fields: Mapping[str, str], *, due_ms: int | None, fence: int
+    ) -> bool:
+        script = self._webhook_scripts["WEBHOOK_SETTLE"]
+        ks = [keys.WEBHOOKS_DUE, keys.webhook_key(delivery_id)]
+        due = "" if due_ms is None else due_ms
+        return bool(await script(keys=ks, args=[delivery_id, fence, due, *_flat(fields)]))
+
+
+def _flat(fields: Mapping[str, str]) -> list[str]:
+    """A record's fields as HSET arguments: field, value, field, value ..."""
+    return [item for pair in fields.items() for item in pair]

@@ -8,7 +8,7 @@ Stores know nothing of WebSockets: readers subscribe through ``fanout``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol
 
@@ -71,7 +71,51 @@ CancelOutcome = Literal["cancelling", "finished", "idle", "unknown"]
 LeaseOutcome = Literal["ok", "cancel", "gone"]
 
 
-class SessionStore(Protocol):
+# ------------------------------------------------------------------ webhook deliveries
+# Records of server/webhooks.py, kept by the store so deliveries survive a restart (on Redis) and
+# any instance can make the next attempt. A record is a flat map of strings; the store reads one
+# field only, ``state``, to arm a waiting delivery exactly once.
+
+
+class WebhookClaim(NamedTuple):
+    """A due delivery taken by one worker: ``fence`` is the claim's deadline, needed to settle it."""
+
+    delivery_id: str
+    fence: int
+    fields: dict[str, str]
+
+
+class WebhookStore(Protocol):
+    """The webhook part of ``SessionStore`` (both backends; tests/test_webhooks.py holds them to it)."""
+
+    async def webhook_create(
+        self, delivery_id: str, fields: Mapping[str, str], *, due_ms: int, ttl_ms: int
+    ) -> bool:
+        """Store a new record due at ``due_ms``, kept ``ttl_ms``; False (nothing changed) if it exists."""
+        ...
+
+    async def webhook_get(self, delivery_id: str) -> dict[str, str] | None: ...
+
+    async def webhook_arm(
+        self, delivery_id: str, fields: Mapping[str, str], *, due_ms: int, from_state: str
+    ) -> bool:
+        """If the record's ``state`` is ``from_state``: update ``fields`` and make it due at ``due_ms``."""
+        ...
+
+    async def webhook_claim(self, now_ms: int, lease_ms: int, limit: int) -> list[WebhookClaim]:
+        """Atomically take up to ``limit`` records due at ``now_ms``: each becomes due again only at
+        ``now_ms + lease_ms`` (its fence), so no other worker takes it while this one works on it."""
+        ...
+
+    async def webhook_settle(
+        self, delivery_id: str, fields: Mapping[str, str], *, due_ms: int | None, fence: int
+    ) -> bool:
+        """Write a claimed record's outcome and next due time (None: never again), if the claim
+        ``fence`` still holds; False (nothing written) when it was lost or the record expired."""
+        ...
+
+
+class SessionStore(WebhookStore, Protocol):
     """What the server needs from session storage; both backends pass one test suite."""
 
     instance_id: str
