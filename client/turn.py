@@ -42,6 +42,19 @@ from .events import (
 if TYPE_CHECKING:
     from .client import ParleyClient, Rating, Reply
 
+#: Codes that refuse one request (not the session); a newer server's unknown code is taken as terminal.
+_REQUEST_CODES = frozenset(
+    {
+        ErrorCode.INVALID_MESSAGE,
+        ErrorCode.PAYLOAD_TOO_LARGE,
+        ErrorCode.RATE_LIMITED,
+        ErrorCode.BUSY,
+        ErrorCode.POLICY_REFUSAL,
+        ErrorCode.SCHEMA_VALIDATION_FAILED,
+    }
+)
+_KNOWN_CODES = frozenset(ErrorCode)
+
 #: Events of a turn that a stream yields (others, such as heartbeats, are the connection's business).
 _TURN_TYPES = frozenset(
     {
@@ -209,14 +222,16 @@ class TurnStream:
             ref = event.get("ref") or {}
             if ref.get("client_msg_id") == self.client_msg_id:
                 raise error_event_to_exception(event)
-            if not ref and not event.get("retryable"):  # the session itself ended (a newer server's code too)
-                raise error_event_to_exception(event)
-            if not ref and event.get("code") == ErrorCode.RATE_LIMITED and not self._heard:
-                # the connection's frame budget refuses before reading the frame, so without a ref:
-                # while this send is unanswered, it is the frame refused; it is not resent
-                assert self.client_msg_id is not None
-                self._client._answered(self.client_msg_id)
-                raise error_event_to_exception(event)
+            if not ref:
+                code = event.get("code")
+                if not self._heard and code in _REQUEST_CODES:
+                    # some refusals are sent without a ref (the frame budget refuses before reading the
+                    # frame): while this send is unanswered, it is the frame refused; it is not resent
+                    assert self.client_msg_id is not None
+                    self._client._answered(self.client_msg_id)
+                    raise error_event_to_exception(event)
+                if not event.get("retryable") and code not in _KNOWN_CODES:
+                    raise error_event_to_exception(event)  # a newer server's terminal error: session over
             return False
         if kind not in _TURN_TYPES:
             return False
@@ -259,8 +274,9 @@ class TurnStream:
                         assert isinstance(model, FeedbackRecorded)
                         return model
                     ref = event.get("ref") or {}
-                    if kind == ERROR and ref.get("type") == FEEDBACK and ref.get("response_id") == rid:
-                        raise error_event_to_exception(event)
+                    mine = ref.get("type") == FEEDBACK and ref.get("response_id") == rid
+                    if kind == ERROR and (mine or (not ref and not event.get("retryable"))):
+                        raise error_event_to_exception(event)  # (a refusal may come without a ref)
         except ParleyClosed as exc:
             raise exc.error from exc
         except TimeoutError:

@@ -19,6 +19,7 @@ from parley.client import ParleyClient, ParleyClosed, ResponseTimeout, UnknownEv
 from parley.client.errors import wire_code
 from parley.client.events import to_model
 from parley.protocol.errors import (
+    InvalidMessage,
     ParleyError,
     PayloadTooLarge,
     RateLimited,
@@ -170,12 +171,13 @@ async def test_feedback_is_logged_and_returned_typed() -> None:
 
 
 async def test_refusals_raise_the_protocol_exception_classes() -> None:
-    """A too-long message raises PayloadTooLarge (not retryable); a frame flood raises RateLimited."""
+    """Too long raises PayloadTooLarge, an unknown profile InvalidMessage, a frame flood RateLimited."""
     async with quick(max_message_chars=10, frames_per_minute=2) as srv, ParleyClient(srv.url) as c:
         with pytest.raises(PayloadTooLarge) as too_big:
             await c.ask("x" * 11)
         assert too_big.value.retryable is False and wire_code(too_big.value) == "payload_too_large"
-        await c.ask("short")
+        with pytest.raises(InvalidMessage):  # (refused without a ref: still this turn's refusal)
+            await c.ask("short", profile="no-such-profile")
         with pytest.raises(RateLimited) as limited:
             await c.ask("flood")
         assert limited.value.retryable is True and (limited.value.retry_after_ms or 0) > 0
