@@ -58,7 +58,11 @@ class SyncParleyClient:
             self._loop.close()
 
     def __enter__(self) -> SyncParleyClient:
-        self.connect()
+        try:
+            self.connect()
+        except BaseException:
+            self.close()  # a refused hello must not leave the thread behind
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

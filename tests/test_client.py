@@ -407,3 +407,19 @@ async def test_sync_facade_asks_streams_and_rates() -> None:
         text, kinds, streamed, rating = await asyncio.to_thread(script)
     assert text and streamed and rating == "down"
     assert kinds[0] == "MessageAccepted" and kinds[-1] == "ResponseCompleted"
+
+
+async def test_sync_facade_raises_a_refused_hello_typed_and_leaves_no_thread() -> None:
+    """A refused hello raises Unauthorized from the blocking facade too, and stops its loop thread."""
+    import threading
+
+    async with quick(auth_jwt_secret=SECRET) as srv:
+
+        def script() -> None:
+            with ParleyClient.sync(srv.url, token="not-a-jwt"):
+                pass
+
+        before = {t.name for t in threading.enumerate()}
+        with pytest.raises(Unauthorized):
+            await asyncio.to_thread(script)
+        assert "parley-client" not in {t.name for t in threading.enumerate()} - before
