@@ -120,6 +120,22 @@ def test_declarations_name_exactly_the_module_exports() -> None:
     assert set(json.loads(proc.stdout)) == declared_exports()
 
 
+def test_js_error_codes_are_the_protocols() -> None:
+    """Every error code the JS client knows is a wire code of parley.protocol (a code the server gained
+    since is handled as unknown: kept as a string, terminal when connection-level)."""
+    from parley.protocol import ErrorCode
+
+    script = (
+        f"const m = await import({json.dumps(str(PACKAGE / 'parley-client.js'))});"
+        "console.log(JSON.stringify(m.ERROR_CODES));"
+    )
+    proc = subprocess.run(
+        [node(), "--input-type=module", "-e", script], capture_output=True, text=True, timeout=30, check=True
+    )
+    codes = json.loads(proc.stdout)
+    assert len(codes) == len(set(codes)) and set(codes) <= {c.value for c in ErrorCode}
+
+
 def test_npm_pack_installs_offline_into_a_scratch_project_imports_and_type_checks(
     server: ServerProcess, tools: Path, tmp_path: Path
 ) -> None:

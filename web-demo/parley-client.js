@@ -54,8 +54,6 @@ const FATAL_CLOSE = new Map([
   [4029, "rate_limited"],
 ]);
 
-// Close codes that mean "reconnect and resume" although they are Parley's own (4xxx).
-const RESUMABLE_4XXX = new Set([CloseCode.HELLO_TIMEOUT, CloseCode.SLOW_CONSUMER]);
 // Every 4xxx code this version knows; any other 4xxx close (a newer server's) is terminal.
 const KNOWN_4XXX = new Set(Object.values(CloseCode).filter((c) => c >= 4000));
 
