@@ -1,5 +1,24 @@
-"""Python client for Parley (used by the tests and the load-test tool)."""
+"""Python client for Parley: typed streaming turns over a resumable session, and a low-level API.
 
-from .client import PROTOCOL, ParleyClient, ParleyClosed, Reply
+``async with ParleyClient(url) as c: reply = await c.ask("Hi")``; see docs/client.md.
+"""
 
-__all__ = ["PROTOCOL", "ParleyClient", "ParleyClosed", "Reply"]
+from .client import PROTOCOL, ParleyClient, Reply
+from .errors import ParleyClosed, ParleyError, ResponseTimeout, UnknownServerError
+from .events import UnknownEvent
+from .sync import SyncParleyClient, SyncTurn
+from .turn import TurnStream
+
+__all__ = [
+    "PROTOCOL",
+    "ParleyClient",
+    "ParleyClosed",
+    "ParleyError",
+    "Reply",
+    "ResponseTimeout",
+    "SyncParleyClient",
+    "SyncTurn",
+    "TurnStream",
+    "UnknownEvent",
+    "UnknownServerError",
+]

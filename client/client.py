@@ -1,8 +1,20 @@
-"""Python client for Parley: connect, send, stream events, cancel, rate, and resume transparently.
+"""Python client for Parley: connect, send, stream, cancel, rate, and resume transparently.
 
-``events()`` yields every server event as a dict, deduplicated by ``seq``; when the
-socket drops (not closed by us) it reconnects with ``hello{session_id,
-resume_token, last_seq}`` and continues, so callers see one unbroken stream.
+Two layers on one connection:
+
+* the typed API: ``async with c.stream("Hi") as turn: async for ev in turn`` yields the
+  protocol's models (``ResponseDelta``, ``ResponseCompleted``, ...) for one turn;
+  ``await c.ask("Hi")`` returns the whole ``Reply``; refusals raise the classes of
+  ``parley.protocol.errors``; timeouts bound the wait for a turn's first event and the
+  gap between its events, never the length of a healthy reply;
+* the low-level API the tests and tools use: ``send``, ``send_json``, ``events()`` (every
+  server event as a dict), ``next_event``, ``collect``, ``drop``.
+
+``events()`` deduplicates by ``seq``; when the socket drops (not closed by us) it resumes with
+``hello{session_id, resume_token, last_seq}`` and goes on, so callers see one unbroken stream.
+A ``message.send`` (and a cancel or a rating) made while disconnected waits in the outbox and
+is sent once the resume has replayed what the server already had, with its original
+``client_msg_id``: never lost, never doubled (a repeat is answered by ``message.duplicate``).
 """
 
 from __future__ import annotations
@@ -14,24 +26,54 @@ import random
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-PROTOCOL = "parley.v1"
-#: Close codes after which resuming is pointless (the request itself is refused).
-FATAL_CLOSE_CODES = frozenset({4000, 4001, 4002, 4004, 4029})
+from parley.protocol import PROTOCOL_VERSION, ParleyError
+from parley.protocol.messages import ResponseCompleted
+
+from .errors import ParleyClosed, error_event_to_exception, error_from_close, resumable_close
+from .events import (
+    ACCEPTED,
+    CANCEL,
+    COMPLETED,
+    DELTA,
+    DUPLICATE,
+    ERROR,
+    FEEDBACK,
+    HEARTBEAT,
+    HELLO,
+    PING,
+    SEND,
+    SNAPSHOT,
+    STARTED,
+    to_model,
+)
+
+if TYPE_CHECKING:
+    from .sync import SyncParleyClient
+    from .turn import TurnStream
+
+#: Kept for callers of the first version of this module; the value is the protocol's own.
+PROTOCOL = PROTOCOL_VERSION
+
+Rating = Literal["up", "down"] | int
+
+#: Defaults of the timeouts that bound a turn (seconds); see ``ParleyClient``.
+FIRST_EVENT_TIMEOUT_S = 30.0
+IDLE_TIMEOUT_S = 120.0  # above the server's own first-token bound (30 s x retries): it answers first
 
 
-class ParleyClosed(Exception):
-    """The server closed the session for good (see ``code``)."""
-
-    def __init__(self, code: int | None, reason: str = "") -> None:
-        super().__init__(f"closed by server: {code} {reason}")
-        self.code = code
-        self.reason = reason
+def rating_of(rating: Rating) -> Literal["up", "down"]:
+    """``+1``/``-1`` (any sign) or ``"up"``/``"down"`` as the wire's rating."""
+    if rating == "up" or rating == "down":
+        return rating
+    if isinstance(rating, int) and not isinstance(rating, bool) and rating != 0:
+        return "up" if rating > 0 else "down"
+    raise ValueError(f'rating must be +1, -1, "up" or "down", not {rating!r}')
 
 
 @dataclass
@@ -40,15 +82,40 @@ class Reply:
 
     response_id: str
     text: str
-    completed: dict[str, Any]
+    completed: dict[str, Any]  # the response.completed event as on the wire
     events: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def finish_reason(self) -> str:
         return str(self.completed.get("finish_reason"))
 
+    @property
+    def usage(self) -> dict[str, int]:
+        return dict(self.completed.get("usage") or {})
+
+    @property
+    def output(self) -> Any:
+        """The parsed JSON of a structured (``json_schema``) reply, else None."""
+        return self.completed.get("output")
+
+    @property
+    def error(self) -> ParleyError | None:
+        """Why the reply ended badly (``finish_reason`` ``error``/``interrupted``), as an exception."""
+        done = to_model(self.completed)
+        if not isinstance(done, ResponseCompleted) or done.error is None:
+            return None
+        return error_event_to_exception(done.error.model_dump())
+
 
 class ParleyClient:
+    """One Parley session over one WebSocket, resumed across drops.
+
+    ``first_event_timeout``: seconds a turn may wait for its first event (the message's
+    acceptance), including a reconnect. ``idle_timeout``: seconds allowed between two events of
+    a turn (a model that stops mid-reply). ``heartbeat_misses``: heartbeat intervals of total
+    silence after which the connection is taken for dead and resumed (None: never).
+    """
+
     def __init__(
         self,
         url: str,
@@ -63,6 +130,9 @@ class ParleyClient:
         origin: str | None = None,
         subprotocols: list[str] | None = None,
         open_timeout: float = 10.0,
+        first_event_timeout: float = FIRST_EVENT_TIMEOUT_S,
+        idle_timeout: float = IDLE_TIMEOUT_S,
+        heartbeat_misses: int | None = 2,
     ) -> None:
         self.url = url
         self.token = token
@@ -71,17 +141,28 @@ class ParleyClient:
         self.resume_token = resume_token
         self.last_seq = last_seq
         self.auto_resume = auto_resume
-        self.max_resumes = max_resumes
+        self.max_resumes = max_resumes  # consecutive failed attempts per outage before giving up
         self.origin = origin
-        self.subprotocols = subprotocols if subprotocols is not None else [PROTOCOL]
+        self.subprotocols = subprotocols if subprotocols is not None else [PROTOCOL_VERSION]
         self.open_timeout = open_timeout  # handshake, and again hello -> session.ready
+        self.first_event_timeout = first_event_timeout
+        self.idle_timeout = idle_timeout
+        self.heartbeat_misses = heartbeat_misses
         self.ready: dict[str, Any] | None = None
-        self.resumes = 0
+        self.resumes = 0  # resume attempts
         self.duplicates_dropped = 0  # events the server sent twice (must stay 0)
         self.gaps = 0  # seq jumps seen (must stay 0)
+        self.close_code: int | None = None  # the close that ended the session for good, if one did
         self._ws: ClientConnection | None = None
         self._closing = False
         self._dropped = False
+        self._connections = 0  # successful opens; an outbox entry is written at most once per connection
+        self._replay_until = 0  # session.ready.last_seq: the outbox waits until the replay reached it
+        self._last_error: dict[str, Any] | None = None  # connection-level error, for the close that follows
+        # the outbox: sends, cancels and ratings not yet answered, with the connection they were written on
+        self._outbox: dict[str, dict[str, Any]] = {}  # client_msg_id -> message.send frame
+        self._written_on: dict[str, int] = {}  # client_msg_id -> connection number
+        self._controls: list[dict[str, Any]] = []  # cancels and ratings made while disconnected
         self.message_ids: dict[str, str] = {}  # client_msg_id -> message_id
         self.response_of: dict[str, str] = {}  # message_id -> response_id
         self.texts: dict[str, list[str]] = {}  # response_id -> text parts received
@@ -91,6 +172,7 @@ class ParleyClient:
 
     async def connect(self) -> dict[str, Any]:
         """Open (or resume, when a session id is known) and return ``session.ready``."""
+        self._closing = False
         self._ws = await connect(
             self.url,
             subprotocols=self.subprotocols,  # type: ignore[arg-type]
@@ -101,7 +183,9 @@ class ParleyClient:
             open_timeout=self.open_timeout,
             close_timeout=2,
         )
-        hello: dict[str, Any] = {"type": "hello", "protocol": PROTOCOL}
+        self._dropped = False
+        self._last_error = None
+        hello: dict[str, Any] = {"type": HELLO, "protocol": PROTOCOL_VERSION}
         if self.token:
             hello["token"] = self.token
         if self.metadata:
@@ -111,23 +195,23 @@ class ParleyClient:
         await self._ws.send(json.dumps(hello))
         try:
             async with asyncio.timeout(self.open_timeout):  # a server that never answers is a failed open
-                first = json.loads(await self._ws.recv())
+                first: dict[str, Any] = json.loads(await self._ws.recv())
         except TimeoutError:
             self._ws.transport.abort()
             raise
         except ConnectionClosed as exc:
-            raise ParleyClosed(
-                exc.rcvd.code if exc.rcvd else None, exc.rcvd.reason if exc.rcvd else ""
-            ) from None
-        if first.get("type") == "error":
-            code = None
+            raise self._closed(exc) from None
+        if first.get("type") == ERROR:
             with contextlib.suppress(ConnectionClosed):
                 await self._ws.recv()
             code = self._ws.close_code
-            raise ParleyClosed(code, first.get("code", ""))
+            self.close_code = code
+            raise ParleyClosed(code, first.get("code", ""), error_event_to_exception(first))
         self.ready = first
         self.session_id = first["session_id"]
         self.resume_token = first["resume_token"]
+        self._connections += 1
+        self._replay_until = int(first.get("last_seq") or 0) if first.get("resumed") else 0
         return first
 
     async def close(self) -> None:
@@ -142,11 +226,83 @@ class ParleyClient:
             self._dropped = True  # frames already buffered are lost too, as on a real network
 
     async def __aenter__(self) -> ParleyClient:
-        await self.connect()
+        try:
+            await self.connect()
+        except ParleyClosed as exc:
+            raise exc.error from exc
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    @classmethod
+    def sync(cls, url: str, **kwargs: Any) -> SyncParleyClient:
+        """A blocking facade for scripts and notebooks: ``with ParleyClient.sync(url) as c: c.ask("Hi")``."""
+        from .sync import SyncParleyClient
+
+        return SyncParleyClient(url, **kwargs)
+
+    @property
+    def connected(self) -> bool:
+        """Whether frames written now reach the server (as far as this side knows)."""
+        return self._ws is not None and not self._dropped and self._ws.close_code is None
+
+    # ------------------------------------------------------------ typed API
+
+    def stream(
+        self,
+        content: str,
+        *,
+        client_msg_id: str | None = None,
+        profile: str | None = None,
+        response_format: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+        first_event_timeout: float | None = None,
+        idle_timeout: float | None = None,
+    ) -> TurnStream:
+        """One turn: ``async with c.stream("Hi") as turn: async for ev in turn: ...`` (typed events)."""
+        from .turn import TurnStream
+
+        return TurnStream(
+            self,
+            content,
+            client_msg_id=client_msg_id,
+            profile=profile,
+            response_format=response_format,
+            metadata=metadata,
+            first_event_timeout=first_event_timeout or self.first_event_timeout,
+            idle_timeout=idle_timeout or self.idle_timeout,
+        )
+
+    async def ask(
+        self,
+        content: str,
+        *,
+        client_msg_id: str | None = None,
+        profile: str | None = None,
+        response_format: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+        first_event_timeout: float | None = None,
+        idle_timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - an optional total cap on top of the two bounds
+    ) -> Reply:
+        """Send a turn and return its whole reply (whatever its ``finish_reason``; see ``Reply.error``).
+
+        Raises the ``ParleyError`` of a refusal, ``ResponseTimeout`` when the turn stalls.
+        """
+        turn = self.stream(
+            content,
+            client_msg_id=client_msg_id,
+            profile=profile,
+            response_format=response_format,
+            metadata=metadata,
+            first_event_timeout=first_event_timeout,
+            idle_timeout=idle_timeout,
+        )
+        async with asyncio.timeout(timeout), turn:
+            async for _ in turn:
+                pass
+        return turn.reply()
 
     # ------------------------------------------------------------ requests
 
@@ -166,73 +322,145 @@ class ParleyClient:
         response_format: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> str:
-        """Send a user turn; returns its ``client_msg_id`` (the idempotency key)."""
+        """Send a user turn; returns its ``client_msg_id`` (the idempotency key).
+
+        Disconnected, the message waits in the outbox and goes out after the resume.
+        """
         cid = client_msg_id or uuid.uuid4().hex
-        msg: dict[str, Any] = {"type": "message.send", "client_msg_id": cid, "content": content}
+        msg: dict[str, Any] = {"type": SEND, "client_msg_id": cid, "content": content}
         if profile:
             msg["profile"] = profile
         if response_format:
             msg["response_format"] = response_format
         if metadata:
             msg["metadata"] = metadata
-        await self.send_json(msg)
+        self._outbox[cid] = msg
+        self._written_on.pop(cid, None)  # an explicit resend is written again, even on this connection
+        await self._flush()
         return cid
 
     async def cancel(self, response_id: str | None = None) -> None:
-        msg: dict[str, Any] = {"type": "response.cancel"}
+        """Stop the running response (or ``response_id``); queued while disconnected."""
+        msg: dict[str, Any] = {"type": CANCEL}
         if response_id:
             msg["response_id"] = response_id
-        await self.send_json(msg)
+        await self._control(msg)
 
     async def feedback(
-        self, response_id: str, rating: str, comment: str | None = None, tags: list[str] | None = None
+        self, response_id: str, rating: Rating, comment: str | None = None, tags: list[str] | None = None
     ) -> None:
-        msg: dict[str, Any] = {"type": "feedback", "response_id": response_id, "rating": rating}
+        """Rate a response (``"up"``/``"down"`` or ``+1``/``-1``); queued while disconnected."""
+        msg: dict[str, Any] = {"type": FEEDBACK, "response_id": response_id, "rating": rating_of(rating)}
         if comment is not None:
             msg["comment"] = comment
         if tags:
             msg["tags"] = tags
-        await self.send_json(msg)
+        await self._control(msg)
 
     async def ping(self, nonce: str | None = None) -> None:
-        await self.send_json({"type": "ping", "nonce": nonce} if nonce else {"type": "ping"})
+        await self.send_json({"type": PING, "nonce": nonce} if nonce else {"type": PING})
+
+    async def _control(self, msg: dict[str, Any]) -> None:
+        if self._caught_up() and await self._write(msg):
+            return
+        self._controls.append(msg)
+
+    # ------------------------------------------------------------ outbox
+
+    def _caught_up(self) -> bool:
+        """Connected, and the resume's replay reached ``session.ready.last_seq``: safe to (re)send."""
+        return self.connected and self.last_seq >= self._replay_until
+
+    async def _write(self, msg: dict[str, Any]) -> bool:
+        """Write one frame if the connection is up; False (nothing raised) if it is not."""
+        if not self.connected:
+            return False
+        assert self._ws is not None
+        try:
+            await self._ws.send(json.dumps(msg))
+        except ConnectionClosed:
+            return False  # events() sees the close and resumes; the outbox keeps the frame
+        return True
+
+    async def _flush(self) -> None:
+        """Write what the outbox holds and this connection has not carried yet."""
+        if not self._caught_up():
+            return
+        while self._controls:
+            if not await self._write(self._controls[0]):
+                return
+            self._controls.pop(0)
+        for cid, msg in list(self._outbox.items()):
+            if self._written_on.get(cid) == self._connections:
+                continue
+            if not await self._write(msg):
+                return
+            self._written_on[cid] = self._connections
+
+    def _answered(self, client_msg_id: str) -> None:
+        self._outbox.pop(client_msg_id, None)
+        self._written_on.pop(client_msg_id, None)
 
     # ------------------------------------------------------------ receiving
 
+    def _closed(self, exc: ConnectionClosed) -> ParleyClosed:
+        """The ``ParleyClosed`` for a close, carrying the error it stands for."""
+        code = exc.rcvd.code if exc.rcvd else None
+        reason = exc.rcvd.reason if exc.rcvd else ""
+        self.close_code = code
+        return ParleyClosed(code, reason, error_from_close(code, reason, self._last_error))
+
     async def _resume(self) -> None:
         delay = 0.05
+        failures = 0
         while True:
-            if self.resumes >= self.max_resumes:
+            if failures >= self.max_resumes:
                 raise ParleyClosed(None, "too many resumes")
             self.resumes += 1
             try:
                 await self.connect()
                 return
             except ParleyClosed as exc:
-                if exc.code in FATAL_CLOSE_CODES:
+                if not resumable_close(exc.code):
                     raise
             except (OSError, ConnectionClosed, websockets.InvalidHandshake, TimeoutError):
                 pass
+            failures += 1
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 2.0)
 
+    def _silence_limit(self) -> float | None:
+        """Seconds of total silence after which the connection is taken for dead (heartbeats stopped)."""
+        if self.heartbeat_misses is None or not self.ready:
+            return None
+        interval = float(self.ready.get("heartbeat_interval_ms") or 15_000) / 1000
+        return max(1.0, self.heartbeat_misses * interval) + 0.5
+
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         """Every server event, deduplicated by seq, across transparent resumes."""
+        if self._ws is None and not self._closing:
+            await self.connect()
         while True:
             assert self._ws is not None, "not connected"
             if self._dropped:
                 self._dropped = False
                 await self._resume()
+                await self._flush()
                 continue
             try:
-                raw = await self._ws.recv()
+                async with asyncio.timeout(self._silence_limit()):
+                    raw = await self._ws.recv()
+            except TimeoutError:
+                self.drop()  # heartbeats stopped: the connection is dead without having said so
+                continue
             except ConnectionClosed as exc:
-                code = exc.rcvd.code if exc.rcvd else None
                 if self._closing:
                     return
-                if not self.auto_resume or code in FATAL_CLOSE_CODES:
-                    raise ParleyClosed(code, exc.rcvd.reason if exc.rcvd else "") from None
+                code = exc.rcvd.code if exc.rcvd else None
+                if not self.auto_resume or not resumable_close(code):
+                    raise self._closed(exc) from None
                 await self._resume()
+                await self._flush()
                 continue
             event = json.loads(raw)
             seq = event.get("seq")
@@ -243,9 +471,11 @@ class ParleyClient:
                 if seq != self.last_seq + 1 and self.last_seq:
                     self.gaps += 1  # never expected: the server replays every missed event
                 self.last_seq = seq
-            elif event.get("type") == "session.snapshot":
+            elif event.get("type") == SNAPSHOT:
                 self.last_seq = event["last_seq"]
             self._track(event)
+            if self._outbox or self._controls:
+                await self._flush()
             yield event
 
     async def next_event(self, *types: str, timeout: float = 10.0) -> dict[str, Any]:  # noqa: ASYNC109
@@ -255,7 +485,7 @@ class ParleyClient:
             async for event in self.events():
                 if types and event["type"] not in types:
                     continue
-                if not types and event["type"] == "heartbeat":
+                if not types and event["type"] == HEARTBEAT:
                     continue
                 return event
             raise ParleyClosed(None, "closed")
@@ -263,25 +493,41 @@ class ParleyClient:
         return await asyncio.wait_for(_next(), timeout)
 
     def _track(self, event: dict[str, Any]) -> None:
-        """Remember which response answers which message, its text and its end."""
+        """Remember which response answers which message, its text and its end; settle the outbox."""
         kind = event["type"]
-        if kind == "message.accepted":
+        if kind == ACCEPTED:
             self.message_ids[event["client_msg_id"]] = event["message_id"]
-        elif kind == "message.duplicate":
+            self._answered(event["client_msg_id"])
+        elif kind == DUPLICATE:
             self.message_ids[event["client_msg_id"]] = event["message_id"]
             self.response_of[event["message_id"]] = event["response_id"]
-        elif kind == "response.started":
+            self._answered(event["client_msg_id"])
+        elif kind == STARTED:
             self.response_of[event["in_reply_to"]] = event["response_id"]
             self.texts.setdefault(event["response_id"], [])
-        elif kind == "response.delta":
+        elif kind == DELTA:
             self.texts.setdefault(event["response_id"], []).append(event["text"])
-        elif kind == "response.completed":
+        elif kind == COMPLETED:
             self.completed[event["response_id"]] = event
-        elif kind == "session.snapshot":
+        elif kind == SNAPSHOT:
             self.texts = {t["id"]: [t["content"]] for t in event["turns"] if t["role"] == "assistant"}
+            for t in event["turns"]:  # finished replies whose completion the gap swallowed
+                if t["role"] == "assistant" and t["id"] not in self.completed:
+                    self.completed[t["id"]] = {
+                        "type": COMPLETED,
+                        "response_id": t["id"],
+                        "finish_reason": t.get("finish_reason") or "stop",
+                    }
             if event.get("in_flight"):
                 flight = event["in_flight"]
                 self.texts[flight["id"]] = [flight["content"]]
+        elif kind == ERROR:
+            ref = event.get("ref") or {}
+            cid = ref.get("client_msg_id")
+            if ref.get("type") == SEND and cid:
+                self._answered(cid)  # refused: the caller is told (collect/stream raise), never resent
+            elif not ref or ref.get("type") == HELLO:
+                self._last_error = event  # the close that follows means this
 
     def _response_for(self, client_msg_id: str | None) -> str | None:
         if client_msg_id is None:
@@ -289,29 +535,34 @@ class ParleyClient:
         message_id = self.message_ids.get(client_msg_id)
         return self.response_of.get(message_id) if message_id else None
 
+    def reply_for(self, client_msg_id: str, events: list[dict[str, Any]] | None = None) -> Reply | None:
+        """The finished ``Reply`` to ``client_msg_id`` if it completed, else None."""
+        rid = self._response_for(client_msg_id)
+        if rid is None or rid not in self.completed:
+            return None
+        return Reply(rid, "".join(self.texts.get(rid, [])), self.completed[rid], events or [])
+
     async def collect(self, client_msg_id: str, timeout: float = 30.0) -> Reply:  # noqa: ASYNC109
-        """Read until the response to ``client_msg_id`` completes (even if its events were read already)."""
+        """Read until the response to ``client_msg_id`` completes (even if its events were read already).
+
+        ``timeout`` caps the whole wait (the low-level API); the typed ``stream``/``ask`` bound the
+        gaps instead. A refusal of the message raises its ``ParleyError``.
+        """
 
         async def _collect() -> Reply:
             seen: list[dict[str, Any]] = []
             while True:
-                rid = self._response_for(client_msg_id)
-                if rid is not None and rid in self.completed:
-                    return Reply(rid, "".join(self.texts.get(rid, [])), self.completed[rid], seen)
+                reply = self.reply_for(client_msg_id, seen)
+                if reply is not None:
+                    return reply
                 async for ev in self.events():
                     seen.append(ev)
-                    if ev["type"] in ("response.completed", "message.duplicate"):
+                    if ev["type"] in (COMPLETED, DUPLICATE, SNAPSHOT):
                         break
                     ref = ev.get("ref") or {}
-                    if ev["type"] == "error" and ref.get("client_msg_id") == client_msg_id:
-                        raise RuntimeError(f"request refused: {ev['code']}: {ev['message']}")
+                    if ev["type"] == ERROR and ref.get("client_msg_id") == client_msg_id:
+                        raise error_event_to_exception(ev)
                 else:
                     raise ParleyClosed(None, "closed before the response completed")
 
         return await asyncio.wait_for(_collect(), timeout)
-
-    async def ask(self, content: str, **kwargs: Any) -> Reply:
-        """Send a turn and wait for its whole reply."""
-        timeout = kwargs.pop("timeout", 30.0)
-        cid = await self.send(content, **kwargs)
-        return await self.collect(cid, timeout=timeout)

@@ -1,13 +1,17 @@
-// parley-client.js: the Parley protocol v1 browser client.
+// parley-client.js: the Parley protocol v1 client, for browsers and Node.
 //
-// One ES module, no build step, no dependencies. It works in any modern browser
-// and in Node (>= 20) when given a WebSocket implementation.
+// One ES module, no build step, no dependencies. The same file is the web demo's
+// client (served at /parley-client.js) and the npm package @parley-chat/client
+// (web-demo/package.json; types in parley-client.d.ts). It runs in any modern
+// browser, in Node >= 22 (global WebSocket), and in older Node when given a
+// WebSocket implementation: `new ParleyClient(url, { WebSocket })` with `ws`.
 //
-//   import { ParleyClient } from "/parley-client.js";
-//   const client = new ParleyClient();                 // ws(s)://<this host>/v1/ws
-//   client.on("delta", (ev, turn) => render(turn));    // turn.content grows
-//   client.connect();
-//   const reply = await client.send("Hello!");         // resolves when the reply completes
+//   import { ParleyClient } from "@parley-chat/client";   // or "/parley-client.js"
+//   const client = new ParleyClient("wss://example.com/v1/ws");
+//   for await (const ev of client.stream("Hello!")) {   // this turn's events
+//     if (ev.type === "response.delta") process.stdout.write(ev.text);
+//   }
+//   client.addEventListener("status", (e) => console.log(e.detail.state));
 //
 // What it does for you (see docs/client.md):
 // - sends `hello`, resumes the session from the last `seq` it saw after any drop,
@@ -17,10 +21,12 @@
 //   intervals, judged by wall-clock time while its own timer ran on time, so a
 //   throttled or frozen background tab never causes a false reconnect;
 // - keeps session_id, resume_token, last_seq and the conversation in
-//   sessionStorage, so a page reload mid-reply resumes that reply;
+//   sessionStorage (browsers), so a page reload mid-reply resumes that reply;
 // - `recovered: false` replaces the conversation with the server's snapshot;
 // - `send()` carries a client_msg_id that is reused on every retry, so a
-//   resend after a reconnect never doubles a turn; honours `retry_after_ms`.
+//   resend after a reconnect never doubles a turn; honours `retry_after_ms`;
+// - a close or error this version does not know (a newer server's) ends the
+//   client with a ParleyError carrying that code, instead of reconnecting forever.
 
 export const PROTOCOL = "parley.v1";
 
@@ -48,7 +54,14 @@ const FATAL_CLOSE = new Map([
   [4029, "rate_limited"],
 ]);
 
-const LOGGED_TYPES = new Set([
+// Every 4xxx code this version knows; any other 4xxx close (a newer server's) is terminal.
+const KNOWN_4XXX = new Set(Object.values(CloseCode).filter((c) => c >= 4000));
+
+/** Message types the client sends (protocol v1; checked against the AsyncAPI document). */
+export const CLIENT_TYPES = Object.freeze(["hello", "message.send", "response.cancel", "feedback", "ping"]);
+
+/** Server events that are logged: they carry `seq`, are replayed on resume. */
+export const LOGGED_TYPES = Object.freeze([
   "message.accepted",
   "response.started",
   "response.delta",
@@ -56,16 +69,50 @@ const LOGGED_TYPES = new Set([
   "feedback.recorded",
 ]);
 
-// Ephemeral server events: never carry a log position of their own (message.duplicate's
-// `seq` names the original message.accepted, it is not this frame's seq).
-const EPHEMERAL_TYPES = new Set([
+/** Server events that are not logged (no `seq` of their own). */
+export const EPHEMERAL_TYPES = Object.freeze([
   "session.ready",
   "session.snapshot",
   "heartbeat",
   "pong",
   "error",
-  "message.duplicate",
+  "message.duplicate", // its `accepted_seq` names the original message.accepted; not this frame's seq
 ]);
+
+/** Every server event type this version knows; others arrive as the `event` event. */
+export const SERVER_TYPES = Object.freeze([...LOGGED_TYPES, ...EPHEMERAL_TYPES]);
+
+/** The wire's error codes this version knows (docs/protocol.md); an unknown one keeps its string. */
+export const ERROR_CODES = Object.freeze([
+  "invalid_message",
+  "unsupported_version",
+  "unauthorized",
+  "forbidden",
+  "session_not_found",
+  "rate_limited",
+  "busy",
+  "payload_too_large",
+  "upstream_unavailable",
+  "upstream_timeout",
+  "policy_refusal",
+  "schema_validation_failed",
+  "overloaded",
+  "internal",
+]);
+
+// Codes that refuse one request, not the session.
+const REQUEST_ERRORS = new Set([
+  "invalid_message",
+  "payload_too_large",
+  "rate_limited",
+  "busy",
+  "policy_refusal",
+  "schema_validation_failed",
+]);
+
+const LOGGED = new Set(LOGGED_TYPES);
+const EPHEMERAL = new Set(EPHEMERAL_TYPES);
+const KNOWN_ERRORS = new Set(ERROR_CODES);
 
 const STORAGE_VERSION = 1;
 
@@ -132,10 +179,35 @@ function cloneTurn(t) {
   return t ? { ...t, usage: t.usage ? { ...t.usage } : t.usage } : t;
 }
 
-export class ParleyClient {
+/**
+ * What `ParleyClient` dispatches (it is an EventTarget): `detail` is what `on()`
+ * handlers get first (the wire event, or the status object), `turn` the updated
+ * turn (message, started, delta, completed, feedback), `info` the error details.
+ */
+export class ParleyEvent extends Event {
+  constructor(type, args) {
+    super(type);
+    this.detail = args[0];
+    this.args = args;
+    const second = args[1];
+    this.turn = TURN_EVENTS.has(type) ? (second ?? null) : null;
+    this.info = type === "error" ? (second ?? {}) : null;
+  }
+}
+
+const TURN_EVENTS = new Set(["message", "started", "delta", "completed", "feedback"]);
+
+const NO_WEBSOCKET =
+  "ParleyClient: this runtime has no WebSocket (Node < 22?). Pass an implementation: " +
+  'new ParleyClient(url, { WebSocket }) with `import { WebSocket } from "ws"`';
+
+export class ParleyClient extends EventTarget {
   /**
+   * `new ParleyClient(url?, options?)` or `new ParleyClient(options?)`.
+   * @param {string|object} [urlOrOptions]    ws URL, or the options (with `url`)
    * @param {object} [options]
    * @param {string} [options.url]            ws URL; default ws(s)://<location.host>/v1/ws
+   * @param {function} [options.WebSocket]    WebSocket implementation; default globalThis.WebSocket
    * @param {string|function} [options.token] bearer token, or a (possibly async) function returning one
    * @param {object} [options.metadata]       hello.metadata (flat scalars: tenant_id, trace_id, ...)
    * @param {Storage|null} [options.storage]  where state is kept; default sessionStorage, null = nowhere
@@ -147,7 +219,11 @@ export class ParleyClient {
    * @param {number} [options.maxSendRetries] retryable send errors before send() rejects (8)
    * @param {string} [options.profile]        default profile for send()
    */
-  constructor(options = {}) {
+  constructor(urlOrOptions = {}, maybeOptions = {}) {
+    super();
+    const options = typeof urlOrOptions === "string" ? { ...maybeOptions, url: urlOrOptions } : urlOrOptions;
+    this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
+    if (typeof this._WebSocket !== "function") throw new TypeError(NO_WEBSOCKET);
     this.url = options.url ?? defaultUrl();
     this.options = {
       token: options.token ?? null,
@@ -164,7 +240,6 @@ export class ParleyClient {
     };
     // Injection points, used by tests (fake sockets and clocks) and exotic hosts.
     this._storage = options.storage === undefined ? defaultStorage() : options.storage;
-    this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
     this._random = options.random ?? Math.random;
     this._now = options.now ?? (() => Date.now());
     const timers = options.timers ?? globalThis;
@@ -204,6 +279,10 @@ export class ParleyClient {
 
   // ------------------------------------------------------------------ events
 
+  // Two ways to listen, to the same events: the EventTarget API
+  // (`addEventListener("delta", (e) => e.detail / e.turn)`), and `on(type, (event, extra) => ...)`,
+  // which returns its own unsubscribe function and has a "*" wildcard.
+
   /** Subscribe to an event; returns a function that unsubscribes. Handler gets (event, extra). */
   on(type, fn) {
     if (!this._listeners.has(type)) this._listeners.set(type, new Set());
@@ -224,6 +303,11 @@ export class ParleyClient {
   }
 
   _emit(type, ...args) {
+    try {
+      this.dispatchEvent(new ParleyEvent(type, args));
+    } catch (err) {
+      globalThis.console?.error?.("parley listener failed", type, err);
+    }
     for (const key of [type, "*"]) {
       const set = this._listeners.get(key);
       if (!set) continue;
@@ -352,8 +436,9 @@ export class ParleyClient {
    * rating wins; resolves when the server logged it (feedback.recorded).
    */
   feedback(responseId, rating, { comment, tags } = {}) {
+    if (typeof rating === "number" && rating !== 0 && Number.isFinite(rating)) rating = rating > 0 ? "up" : "down";
     if (rating !== "up" && rating !== "down") {
-      return Promise.reject(new ParleyError("invalid_message", 'rating must be "up" or "down"'));
+      return Promise.reject(new ParleyError("invalid_message", 'rating must be "up" or "down" (or +1 / -1)'));
     }
     const frame = { type: "feedback", response_id: responseId, rating };
     if (comment) frame.comment = comment;
@@ -365,6 +450,22 @@ export class ParleyClient {
     if (this._closedByUser) this.connect().catch(() => {});
     else this._flush();
     return p;
+  }
+
+  /**
+   * Send a user turn and iterate its events as they arrive:
+   * `for await (const ev of client.stream("Hi")) { ... }` yields this turn's
+   * `message.accepted` (or `message.duplicate`), `response.started`,
+   * `response.delta`s and `response.completed`, as on the wire. The stream also
+   * has `text`, `responseId`, `clientMsgId`, `done` (the send() promise),
+   * `cancel()` and `feedback(rating, {comment, tags})`. A refusal is thrown by
+   * the loop. Leaving the loop early does not stop the reply: call `cancel()`.
+   * @param {string} content
+   * @param {object} [opts] as for send()
+   * @returns {TurnStream}
+   */
+  stream(content, opts = {}) {
+    return new TurnStream(this, content, opts);
   }
 
   /** Forget the session (and its stored state) and start a new one. */
@@ -491,6 +592,7 @@ export class ParleyClient {
       return;
     }
     this._ws = ws;
+    this._connError = null;
     this._openedAt = this._now();
     this._lastRx = this._openedAt;
     this._pingSentAt = 0;
@@ -569,6 +671,17 @@ export class ParleyClient {
     if (FATAL_CLOSE.has(code) || (code === CloseCode.UNAUTHORIZED && typeof this.options.token !== "function")) {
       const errCode = FATAL_CLOSE.get(code) ?? "unauthorized";
       this._fail(new ParleyError(errCode, reason || `connection closed (${code})`, { closeCode: code }));
+      return;
+    }
+    if (code >= 4000 && code <= 4999 && !KNOWN_4XXX.has(code)) {
+      // A newer server's close code (e.g. for a session whose state was lost): reconnecting
+      // would loop. End with the error the server sent just before, or one naming the code.
+      const last = this._connError;
+      const err = last
+        ? ParleyError.fromEvent(last)
+        : new ParleyError(`close_${code}`, reason || `connection closed (${code})`);
+      err.closeCode = code;
+      this._fail(err);
       return;
     }
     if (code === CloseCode.SESSION_NOT_FOUND) {
@@ -755,7 +868,7 @@ export class ParleyClient {
       return; // not ours to interpret; the server never sends this
     }
     if (!ev || typeof ev !== "object" || typeof ev.type !== "string") return;
-    if (LOGGED_TYPES.has(ev.type) || (!EPHEMERAL_TYPES.has(ev.type) && typeof ev.seq === "number")) {
+    if (LOGGED.has(ev.type) || (!EPHEMERAL.has(ev.type) && typeof ev.seq === "number")) {
       if (this._readyGen !== gen) return; // logged events only make sense after session.ready
       this._onLogged(ev);
       return;
@@ -964,7 +1077,14 @@ export class ParleyClient {
   }
 
   _onError(ev) {
-    const ref = ev.ref || {};
+    let ref = ev.ref || {};
+    if (!ref.type || ref.type === "hello") this._connError = ev; // the close that follows means this
+    if (!ref.type && REQUEST_ERRORS.has(ev.code)) {
+      // Some refusals come without a ref (the frame budget refuses before reading the frame).
+      // Messages go one at a time, so the one sent and not yet accepted is the frame refused.
+      const p = this._pending.find((x) => !x.messageId && x.wasSent && x.sentGen === this._gen);
+      if (p) ref = { type: "message.send", client_msg_id: p.clientMsgId };
+    }
     const now = this._now();
     const info = { retryInMs: null, willRetry: false };
     if (ref.type === "message.send" && ref.client_msg_id) {
@@ -1004,6 +1124,11 @@ export class ParleyClient {
         this._cancels.delete(id);
         c.waiters.forEach((w) => w(this.turn(id)));
       }
+    } else if (!ev.retryable && !KNOWN_ERRORS.has(ev.code) && (!ref.type || ref.type === "hello")) {
+      // A connection-level error this version does not know (a newer server's): terminal.
+      this._emit("error", ev, info);
+      this._fail(ParleyError.fromEvent(ev));
+      return;
     } else if (ev.retry_after_ms) {
       // Connection-level (e.g. overloaded at hello): the next reconnect waits at least this long.
       this._retryAfterUntil = now + ev.retry_after_ms;
@@ -1111,6 +1236,132 @@ export class ParleyClient {
 
   _clearAllTimers() {
     for (const name of Object.keys(this._timers)) if (name !== "save") this._clearTimer(name);
+  }
+}
+
+/**
+ * One turn's events as an async iterator (what `client.stream()` returns).
+ * Events are queued from the moment the message is sent, so none is missed
+ * between iterations.
+ */
+export class TurnStream {
+  constructor(client, content, opts = {}) {
+    this.client = client;
+    this.responseId = null;
+    this.messageId = null;
+    this.text = "";
+    this.turn = null; // the assistant turn, once completed
+    this._queue = [];
+    this._wake = null;
+    this._ended = false;
+    this._error = null;
+    this._cancelWanted = false;
+    this._offs = [];
+    this.done = client.send(content, opts);
+    this.clientMsgId = this.done.clientMsgId;
+    const own = client._pending.find((p) => p.clientMsgId === this.clientMsgId) ?? null;
+    const push = (ev) => {
+      this._queue.push(ev);
+      this._poke();
+    };
+    const listen = (type, fn) => this._offs.push(client.on(type, fn));
+    listen("message", (ev) => {
+      if (ev.client_msg_id !== this.clientMsgId) return;
+      this.messageId = ev.message_id;
+      push(ev);
+    });
+    listen("duplicate", (ev) => {
+      if (ev.client_msg_id !== this.clientMsgId) return;
+      this.messageId = ev.message_id;
+      this.responseId = ev.response_id;
+      const t = client.turn(ev.response_id);
+      if (t) this.text = t.content;
+      push(ev);
+    });
+    listen("started", (ev) => {
+      if (ev.in_reply_to !== this.messageId && own?.responseId !== ev.response_id) return;
+      this.responseId = ev.response_id;
+      push(ev);
+      if (this._cancelWanted) client.cancel(ev.response_id);
+    });
+    listen("delta", (ev, turn) => {
+      if (!this.responseId || ev.response_id !== this.responseId) return;
+      this.text = turn.content;
+      push(ev);
+    });
+    listen("completed", (ev, turn) => {
+      if (!this.responseId || ev.response_id !== this.responseId) return;
+      this.text = turn.content;
+      push(ev);
+    });
+    listen("conversation", () => {
+      // A snapshot replaced the conversation: the text may have jumped.
+      const t = this.responseId && client.turn(this.responseId);
+      if (t) this.text = t.content;
+    });
+    this.done.then(
+      (turn) => {
+        this.turn = turn;
+        this.responseId = turn?.id ?? this.responseId;
+        this.text = turn?.content ?? this.text;
+        this._end(null);
+      },
+      (err) => this._end(err),
+    );
+  }
+
+  _poke() {
+    const wake = this._wake;
+    this._wake = null;
+    wake?.();
+  }
+
+  _end(err) {
+    if (this._ended) return;
+    this._ended = true;
+    this._error = err;
+    for (const off of this._offs.splice(0)) off();
+    this._poke();
+  }
+
+  async next() {
+    for (;;) {
+      if (this._queue.length) return { value: this._queue.shift(), done: false };
+      if (this._ended) {
+        if (this._error) {
+          const err = this._error;
+          this._error = null;
+          throw err;
+        }
+        return { value: undefined, done: true };
+      }
+      await new Promise((resolve) => (this._wake = resolve));
+    }
+  }
+
+  /** Stop listening (a `break` out of the loop); the reply itself goes on: see cancel(). */
+  async return() {
+    for (const off of this._offs.splice(0)) off();
+    this._ended = true;
+    this._queue = [];
+    this.done.catch(() => {});
+    return { value: undefined, done: true };
+  }
+
+  [Symbol.asyncIterator]() {
+    return this;
+  }
+
+  /** Stop the reply; the loop goes on to its response.completed (finish_reason "cancelled"). */
+  cancel() {
+    this._cancelWanted = true;
+    return this.responseId ? this.client.cancel(this.responseId) : Promise.resolve(null);
+  }
+
+  /** Rate the reply ("up"/"down" or +1/-1); resolves once the server logged it. */
+  feedback(rating, opts = {}) {
+    if (!this.responseId) return Promise.reject(new ParleyError("invalid_message", "the reply has not started"));
+    return this.client.feedback(this.responseId, rating, opts);
   }
 }
 

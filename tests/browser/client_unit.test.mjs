@@ -5,7 +5,14 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { backoffDelay, ParleyClient, ParleyError } from "../../web-demo/parley-client.js";
+import {
+  backoffDelay,
+  CLIENT_TYPES,
+  ParleyClient,
+  ParleyError,
+  ParleyEvent,
+  SERVER_TYPES,
+} from "../../web-demo/parley-client.js";
 
 // ------------------------------------------------------------------ fakes
 
@@ -625,4 +632,161 @@ test("a refused resume point (close 4000 after a resume hello) rebuilds from seq
   assert.equal(env.last().sent[0].last_seq, 0);
   env.last().drop(4000, "invalid_message");
   assert.equal(env.client.state, "failed");
+});
+
+// ------------------------------------------------------------------ the package API (issue 16)
+
+test("the constructor takes (url, options) or (options) and throws at once without a WebSocket", () => {
+  const env = makeEnv();
+  const Fake = env.client._WebSocket;
+  const byUrl = new ParleyClient("ws://a/v1/ws", { WebSocket: Fake, storage: null, window: null });
+  assert.equal(byUrl.url, "ws://a/v1/ws");
+  const byOptions = new ParleyClient({ url: "ws://b/v1/ws", WebSocket: Fake, storage: null, window: null });
+  assert.equal(byOptions.url, "ws://b/v1/ws");
+  const saved = globalThis.WebSocket;
+  try {
+    delete globalThis.WebSocket; // Node 20 has none; Node >= 22 and browsers do
+    assert.throws(
+      () => new ParleyClient("ws://c/v1/ws", { storage: null, window: null }),
+      (e) => e instanceof TypeError && /no WebSocket/.test(e.message) && /"ws"/.test(e.message),
+    );
+  } finally {
+    if (saved !== undefined) globalThis.WebSocket = saved;
+  }
+});
+
+test("the client is an EventTarget: listeners get a ParleyEvent with detail and turn", async () => {
+  const env = makeEnv();
+  assert.ok(env.client instanceof EventTarget);
+  const seen = [];
+  env.client.addEventListener("delta", (e) => seen.push([e instanceof ParleyEvent, e.detail.text, e.turn.content]));
+  const states = [];
+  env.client.addEventListener("status", (e) => states.push(e.detail.state));
+  env.client.connect();
+  const ws = await ready(env);
+  const p = env.client.send("hi");
+  for (const ev of conversation(p.clientMsgId)) ws.push(ev);
+  await p;
+  assert.deepEqual(seen, [
+    [true, "Hello ", "Hello "],
+    [true, "world ", "Hello world "],
+  ]);
+  assert.deepEqual(states, ["connecting", "connected"]);
+});
+
+test("stream() yields this turn's events in order and ends with the reply", async () => {
+  const env = makeEnv();
+  env.client.connect();
+  const ws = await ready(env);
+  const turn = env.client.stream("hi");
+  assert.equal(ws.frames("message.send")[0].client_msg_id, turn.clientMsgId);
+  for (const ev of conversation(turn.clientMsgId)) ws.push(ev);
+  const types = [];
+  for await (const ev of turn) types.push(ev.type);
+  assert.deepEqual(types, [
+    "message.accepted",
+    "response.started",
+    "response.delta",
+    "response.delta",
+    "response.completed",
+  ]);
+  assert.equal(turn.text, "Hello world ");
+  assert.equal(turn.responseId, "r1");
+  assert.equal((await turn.done).finishReason, "stop");
+});
+
+test("a refused stream throws its ParleyError from the loop", async () => {
+  const env = makeEnv();
+  env.client.connect();
+  const ws = await ready(env);
+  const turn = env.client.stream("hi");
+  ws.push({
+    type: "error",
+    code: "policy_refusal",
+    message: "no",
+    retryable: false,
+    ref: { type: "message.send", client_msg_id: turn.clientMsgId },
+  });
+  await assert.rejects(
+    (async () => {
+      for await (const _ of turn);
+    })(),
+    (e) => e instanceof ParleyError && e.code === "policy_refusal",
+  );
+});
+
+test("a stream cancelled before its reply started cancels the reply when it starts", async () => {
+  const env = makeEnv();
+  env.client.connect();
+  const ws = await ready(env);
+  const turn = env.client.stream("hi");
+  await turn.cancel();
+  assert.equal(ws.frames("response.cancel").length, 0);
+  const [accepted, started] = conversation(turn.clientMsgId);
+  ws.push(accepted);
+  ws.push(started);
+  assert.deepEqual(ws.frames("response.cancel"), [{ type: "response.cancel", response_id: "r1" }]);
+});
+
+test("feedback takes +1 / -1 as well as up / down", async () => {
+  const env = makeEnv();
+  env.client.connect();
+  const ws = await ready(env);
+  env.client.feedback("r1", +1);
+  env.client.feedback("r2", -1);
+  assert.deepEqual(
+    ws.frames("feedback").map((f) => f.rating),
+    ["up", "down"],
+  );
+  await assert.rejects(env.client.feedback("r3", 0), (e) => e.code === "invalid_message");
+});
+
+test("an unknown 4xxx close ends the client with a ParleyError naming it, without reconnecting", async () => {
+  const env = makeEnv();
+  const readyP = env.client.connect();
+  await ready(env);
+  await readyP;
+  const p = env.client.send("x");
+  env.last().drop(4321, "");
+  assert.equal(env.client.state, "failed");
+  await assert.rejects(p, (e) => e.code === "close_4321" && e.closeCode === 4321);
+  env.clock.advance(60_000);
+  await tick();
+  assert.equal(env.sockets.length, 1);
+});
+
+test("an error code this version does not know (session_lost) is terminal and keeps its code", async () => {
+  const env = makeEnv();
+  env.client.connect();
+  const ws = await ready(env);
+  const p = env.client.send("x");
+  const errors = [];
+  env.client.on("error", (ev, info) => errors.push([ev.code, !!info.fatal]));
+  ws.push({ type: "error", code: "session_lost", message: "gone", retryable: false });
+  ws.drop(4011, "session_lost");
+  assert.equal(env.client.state, "failed");
+  await assert.rejects(p, (e) => e.code === "session_lost" && e.retryable === false);
+  assert.deepEqual(errors[0], ["session_lost", false]);
+  env.clock.advance(60_000);
+  await tick();
+  assert.equal(env.sockets.length, 1);
+});
+
+test("the exported type lists name every v1 message", () => {
+  assert.deepEqual([...CLIENT_TYPES].sort(), ["feedback", "hello", "message.send", "ping", "response.cancel"]);
+  assert.equal(new Set(SERVER_TYPES).size, 11);
+});
+
+test("a refusal without a ref is taken as the in-flight message's (the frame budget sends none)", async () => {
+  const env = makeEnv();
+  env.client.connect();
+  const ws = await ready(env);
+  const p = env.client.send("hi");
+  ws.push({ type: "error", code: "invalid_message", message: "unknown profile", retryable: false });
+  await assert.rejects(p, (e) => e.code === "invalid_message");
+  const q = env.client.send("again");
+  ws.push({ type: "error", code: "rate_limited", message: "slow down", retryable: true, retry_after_ms: 500 });
+  env.clock.advance(500);
+  const resent = ws.frames("message.send").filter((f) => f.client_msg_id === q.clientMsgId);
+  assert.equal(resent.length, 2, "retried after retry_after_ms with the same id");
 });

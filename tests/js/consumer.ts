@@ -1,0 +1,67 @@
+// A TypeScript program written against @parley-chat/client's declarations; tests/test_client_js.py
+// compiles it with tsc --strict in a scratch project that installed the packed tarball. It is
+// type-checked only, never run. The @ts-expect-error lines must stay errors: the types are not `any`.
+
+import ParleyDefault, {
+  CLIENT_TYPES,
+  ParleyClient,
+  ParleyError,
+  type AssistantTurn,
+  type ParleyEvent,
+  type ResponseCompletedEvent,
+  type TurnEvent,
+} from "@parley-chat/client";
+
+async function main(): Promise<void> {
+  const client = new ParleyClient("ws://127.0.0.1:8000/v1/ws", { storage: null, token: async () => "jwt" });
+  const same: ParleyClient = new ParleyDefault({ url: "ws://127.0.0.1:8000/v1/ws" });
+  same.close();
+
+  const ready = await client.connect();
+  const sessionId: string = ready.session_id;
+
+  const turn = client.stream("Hello", { profile: "default" });
+  let text = "";
+  for await (const ev of turn) {
+    const typed: TurnEvent = ev;
+    if (ev.type === "response.delta") text += ev.text;
+    if (ev.type === "response.completed") {
+      const done: ResponseCompletedEvent = ev;
+      console.log(done.finish_reason, done.usage.output_tokens, typed.type);
+    }
+  }
+  const reply: AssistantTurn = await turn.done;
+  console.log(reply.finishReason, reply.usage?.input_tokens, turn.responseId, text, sessionId);
+  const recorded = await turn.feedback(+1, { comment: "good" });
+  console.log(recorded.rating === "up");
+  await client.feedback(reply.id, "down", { tags: ["tone"] });
+
+  const p = client.send("again");
+  const cid: string = p.clientMsgId;
+  await client.cancel();
+  console.log(cid, (await p).content);
+
+  client.addEventListener("delta", (e: ParleyEvent<"delta">) => {
+    console.log(e.detail.text, e.turn?.content);
+  });
+  const off = client.on("completed", (ev, t) => console.log(ev.finish_reason, t.content));
+  off();
+  client.on("status", (s) => console.log(s.state === "failed" ? s.error?.code : s.state));
+
+  try {
+    await client.send("x");
+  } catch (err) {
+    if (err instanceof ParleyError) console.log(err.code, err.retryable, err.retryAfterMs, err.closeCode);
+  }
+  console.log(CLIENT_TYPES.includes("hello"));
+
+  // @ts-expect-error: a rating is "up" | "down" or a number
+  await client.feedback(reply.id, "meh");
+  // @ts-expect-error: no such event
+  client.on("deltas", () => {});
+  // @ts-expect-error: text is a string
+  const n: number = turn.text;
+  console.log(n);
+}
+
+void main;

@@ -1,0 +1,448 @@
+// Types of parley-client.js (the npm package @parley-chat/client), written by hand and
+// checked by tsc in CI (tests/test_client_js.py compiles a consumer against them).
+
+export declare const PROTOCOL: "parley.v1";
+
+export declare const CloseCode: Readonly<{
+  NORMAL: 1000;
+  GOING_AWAY: 1001;
+  ABNORMAL: 1006;
+  MESSAGE_TOO_BIG: 1009;
+  INTERNAL_ERROR: 1011;
+  SERVICE_RESTART: 1012;
+  BAD_HANDSHAKE: 4000;
+  UNAUTHORIZED: 4001;
+  UNSUPPORTED_VERSION: 4002;
+  SESSION_NOT_FOUND: 4004;
+  HELLO_TIMEOUT: 4008;
+  SLOW_CONSUMER: 4009;
+  POLICY_VIOLATION: 4029;
+}>;
+
+export type ClientType = "hello" | "message.send" | "response.cancel" | "feedback" | "ping";
+export type LoggedType =
+  | "message.accepted"
+  | "response.started"
+  | "response.delta"
+  | "response.completed"
+  | "feedback.recorded";
+export type EphemeralType =
+  | "session.ready"
+  | "session.snapshot"
+  | "heartbeat"
+  | "pong"
+  | "error"
+  | "message.duplicate";
+
+export declare const CLIENT_TYPES: readonly ClientType[];
+export declare const LOGGED_TYPES: readonly LoggedType[];
+export declare const EPHEMERAL_TYPES: readonly EphemeralType[];
+export declare const SERVER_TYPES: readonly (LoggedType | EphemeralType)[];
+
+/** The wire's error codes this version knows; a newer server may send others (kept as strings). */
+export type KnownErrorCode =
+  | "invalid_message"
+  | "unsupported_version"
+  | "unauthorized"
+  | "forbidden"
+  | "session_not_found"
+  | "rate_limited"
+  | "busy"
+  | "payload_too_large"
+  | "upstream_unavailable"
+  | "upstream_timeout"
+  | "policy_refusal"
+  | "schema_validation_failed"
+  | "overloaded"
+  | "internal";
+export type ErrorCode = KnownErrorCode | (string & {});
+export declare const ERROR_CODES: readonly KnownErrorCode[];
+
+export type FinishReason = "stop" | "length" | "cancelled" | "interrupted" | "content_filter" | "error";
+export type Rating = "up" | "down";
+export type Scalar = string | number | boolean | null;
+
+// ------------------------------------------------------------------ server events, as on the wire
+
+export interface Usage {
+  input_tokens: number;
+  output_tokens: number;
+}
+
+export interface ErrorInfo {
+  code: ErrorCode;
+  message: string;
+  retryable: boolean;
+  retry_after_ms?: number;
+}
+
+export interface SessionReadyEvent {
+  type: "session.ready";
+  session_id: string;
+  resume_token: string;
+  protocol: string;
+  heartbeat_interval_ms: number;
+  resumed: boolean;
+  recovered: boolean;
+  last_seq: number;
+}
+
+export interface SnapshotTurn {
+  role: "user" | "assistant";
+  id: string;
+  content: string;
+  finish_reason?: FinishReason;
+}
+
+export interface SessionSnapshotEvent {
+  type: "session.snapshot";
+  last_seq: number;
+  turns: SnapshotTurn[];
+  in_flight?: SnapshotTurn;
+}
+
+export interface MessageAcceptedEvent {
+  seq: number;
+  type: "message.accepted";
+  client_msg_id: string;
+  message_id: string;
+  content: string;
+}
+
+export interface MessageDuplicateEvent {
+  type: "message.duplicate";
+  client_msg_id: string;
+  message_id: string;
+  response_id: string;
+  accepted_seq: number;
+}
+
+export interface ResponseStartedEvent {
+  seq: number;
+  type: "response.started";
+  response_id: string;
+  in_reply_to: string;
+  profile: string;
+  trace_id: string;
+}
+
+export interface ResponseDeltaEvent {
+  seq: number;
+  type: "response.delta";
+  response_id: string;
+  text: string;
+  ts?: number;
+}
+
+export interface ResponseCompletedEvent {
+  seq: number;
+  type: "response.completed";
+  response_id: string;
+  finish_reason: FinishReason;
+  output?: unknown;
+  usage: Usage;
+  ttft_ms?: number;
+  latency_ms?: number;
+  error?: ErrorInfo;
+}
+
+export interface FeedbackRecordedEvent {
+  seq: number;
+  type: "feedback.recorded";
+  response_id: string;
+  rating: Rating;
+}
+
+export interface HeartbeatEvent {
+  type: "heartbeat";
+  ts: number;
+  last_seq: number;
+}
+
+export interface PongEvent {
+  type: "pong";
+  nonce?: string;
+}
+
+export interface ErrorEvent {
+  type: "error";
+  code: ErrorCode;
+  message: string;
+  retryable: boolean;
+  retry_after_ms?: number;
+  ref?: { type?: string; client_msg_id?: string; response_id?: string; nonce?: string };
+}
+
+export type ServerEvent =
+  | SessionReadyEvent
+  | SessionSnapshotEvent
+  | MessageAcceptedEvent
+  | MessageDuplicateEvent
+  | ResponseStartedEvent
+  | ResponseDeltaEvent
+  | ResponseCompletedEvent
+  | FeedbackRecordedEvent
+  | HeartbeatEvent
+  | PongEvent
+  | ErrorEvent;
+
+/** What `stream()` yields: one turn's events. */
+export type TurnEvent =
+  | MessageAcceptedEvent
+  | MessageDuplicateEvent
+  | ResponseStartedEvent
+  | ResponseDeltaEvent
+  | ResponseCompletedEvent;
+
+// ------------------------------------------------------------------ turns, status, errors
+
+export interface UserTurn {
+  role: "user";
+  id: string;
+  clientMsgId?: string;
+  content: string;
+}
+
+export interface AssistantTurn {
+  role: "assistant";
+  id: string;
+  content: string;
+  /** null while streaming */
+  finishReason: FinishReason | null;
+  inReplyTo?: string;
+  traceId?: string;
+  profile?: string;
+  usage?: Usage | null;
+  ttftMs?: number | null;
+  latencyMs?: number | null;
+  error?: ErrorInfo | null;
+  output?: unknown;
+  rating?: Rating;
+}
+
+export type Turn = UserTurn | AssistantTurn;
+
+export type ConnectionState = "idle" | "connecting" | "connected" | "reconnecting" | "failed" | "closed";
+
+export interface Status {
+  state: ConnectionState;
+  sessionId?: string | null;
+  resumed?: boolean;
+  recovered?: boolean;
+  attempt?: number;
+  retryInMs?: number;
+  retryAt?: number;
+  offline?: boolean;
+  code?: number | null;
+  reason?: string;
+  error?: ParleyError;
+}
+
+export interface ErrorDetails {
+  willRetry?: boolean;
+  retryInMs?: number | null;
+  retryAt?: number;
+  clientMsgId?: string;
+  fatal?: boolean;
+}
+
+export interface Stats {
+  connects: number;
+  resumes: number;
+  reconnects: number;
+  duplicatesDropped: number;
+  gaps: number;
+  snapshots: number;
+}
+
+export declare class ParleyError extends Error {
+  constructor(
+    code: ErrorCode,
+    message?: string,
+    options?: { retryable?: boolean; retryAfterMs?: number | null; ref?: object | null; closeCode?: number | null },
+  );
+  /** The wire's error code; a code this version does not know is kept as sent (e.g. "session_lost"),
+   * and a close code it does not know reads "close_<code>". */
+  code: ErrorCode;
+  retryable: boolean;
+  retryAfterMs: number | null;
+  ref: object | null;
+  closeCode: number | null;
+  static fromEvent(ev: ErrorEvent): ParleyError;
+}
+
+// ------------------------------------------------------------------ the client
+
+export type TokenProvider = string | (() => string | null | Promise<string | null>);
+
+export interface StorageLike {
+  getItem(key: string): string | null;
+  setItem(key: string, value: string): void;
+  removeItem(key: string): void;
+}
+
+export interface WebSocketLike {
+  readonly readyState: number;
+  onopen: ((ev: any) => any) | null;
+  onmessage: ((ev: { data: any }) => any) | null;
+  onclose: ((ev: { code: number; reason: string }) => any) | null;
+  onerror: ((ev: any) => any) | null;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+}
+
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+
+export interface ParleyClientOptions {
+  /** default ws(s)://<location.host>/v1/ws in a browser; required elsewhere */
+  url?: string;
+  /** default globalThis.WebSocket (browsers, Node >= 22); pass `ws`'s WebSocket in older Node */
+  WebSocket?: WebSocketConstructor | (abstract new (...args: any[]) => any);
+  token?: TokenProvider;
+  metadata?: Record<string, Scalar>;
+  profile?: string;
+  /** default sessionStorage; null keeps nothing (no resume across reloads) */
+  storage?: StorageLike | null;
+  storageKey?: string;
+  backoff?: { initialMs?: number; maxMs?: number; factor?: number };
+  heartbeatMisses?: number;
+  connectTimeoutMs?: number;
+  catchUpTimeoutMs?: number;
+  stableAfterMs?: number;
+  maxFrameBytes?: number;
+  maxSendRetries?: number;
+  /** injection points for tests */
+  now?: () => number;
+  timers?: { setTimeout(fn: () => void, ms: number): any; clearTimeout(id: any): void };
+  random?: () => number;
+  window?: any;
+}
+
+export interface SendOptions {
+  clientMsgId?: string;
+  profile?: string;
+  responseFormat?: { type: "text" } | { type: "json_schema"; name?: string; schema: object };
+  metadata?: Record<string, Scalar>;
+}
+
+export type SendPromise = Promise<AssistantTurn> & { clientMsgId: string };
+
+/** Handler arguments per event name, for `on()`; `ParleyEvent` carries the same for EventTarget listeners. */
+export interface ParleyEventMap {
+  status: [Status];
+  ready: [SessionReadyEvent];
+  message: [MessageAcceptedEvent, UserTurn, { own: boolean }];
+  started: [ResponseStartedEvent, AssistantTurn];
+  delta: [ResponseDeltaEvent, AssistantTurn];
+  completed: [ResponseCompletedEvent, AssistantTurn];
+  feedback: [FeedbackRecordedEvent, AssistantTurn | null];
+  conversation: [{ reason: "snapshot" | "reset" | "new_session" | "session_not_found" | "resync" }];
+  snapshot: [SessionSnapshotEvent];
+  reset: [{ reason: string }];
+  error: [ErrorEvent, ErrorDetails];
+  duplicate: [MessageDuplicateEvent];
+  heartbeat: [HeartbeatEvent];
+  pong: [PongEvent];
+  disconnect: [{ code: number; reason: string; wasReady: boolean }];
+  gap: [{ expected: number; got: number }];
+  event: [{ type: string; [key: string]: unknown }];
+}
+
+export type ParleyEventName = keyof ParleyEventMap;
+
+export declare class ParleyEvent<K extends ParleyEventName = ParleyEventName> extends Event {
+  constructor(type: K, args: ParleyEventMap[K]);
+  readonly type: K;
+  /** the first handler argument: the wire event, or the status object */
+  detail: ParleyEventMap[K][0];
+  args: ParleyEventMap[K];
+  /** the updated turn (message, started, delta, completed, feedback), else null */
+  turn: Turn | null;
+  /** for "error": willRetry, retryInMs, fatal, ... */
+  info: ErrorDetails | null;
+}
+
+export declare class TurnStream implements AsyncIterableIterator<TurnEvent> {
+  readonly client: ParleyClient;
+  readonly clientMsgId: string;
+  /** the send() promise: the assistant turn once the reply completed */
+  readonly done: SendPromise;
+  messageId: string | null;
+  responseId: string | null;
+  /** the reply's text so far */
+  text: string;
+  /** the assistant turn, once completed */
+  turn: AssistantTurn | null;
+  next(): Promise<IteratorResult<TurnEvent, undefined>>;
+  return(): Promise<IteratorResult<TurnEvent, undefined>>;
+  [Symbol.asyncIterator](): TurnStream;
+  cancel(): Promise<AssistantTurn | null>;
+  feedback(rating: Rating | number, opts?: { comment?: string; tags?: string[] }): Promise<FeedbackRecordedEvent>;
+}
+
+export declare class ParleyClient extends EventTarget {
+  constructor(url: string, options?: ParleyClientOptions);
+  constructor(options?: ParleyClientOptions);
+  readonly url: string;
+  status: Status;
+  readonly state: ConnectionState;
+  sessionId: string | null;
+  resumeToken: string | null;
+  lastSeq: number;
+  heartbeatIntervalMs: number;
+  stats: Stats;
+  readonly turns: Turn[];
+  readonly outbox: { clientMsgId: string; content: string }[];
+  readonly activeResponseId: string | null;
+  turn(id: string): Turn | null;
+
+  connect(): Promise<SessionReadyEvent>;
+  close(): void;
+  send(content: string, opts?: SendOptions): SendPromise;
+  stream(content: string, opts?: SendOptions): TurnStream;
+  cancel(responseId?: string | null): Promise<AssistantTurn | null>;
+  feedback(
+    responseId: string,
+    rating: Rating | number,
+    opts?: { comment?: string; tags?: string[] },
+  ): Promise<FeedbackRecordedEvent>;
+  reset(): void;
+
+  on<K extends ParleyEventName>(type: K, fn: (...args: ParleyEventMap[K]) => void): () => void;
+  on(type: "*", fn: (type: ParleyEventName, ...args: unknown[]) => void): () => void;
+  once<K extends ParleyEventName>(type: K, fn: (...args: ParleyEventMap[K]) => void): () => void;
+  off(type: string, fn: (...args: any[]) => void): void;
+
+  addEventListener<K extends ParleyEventName>(
+    type: K,
+    listener: (ev: ParleyEvent<K>) => void,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
+  addEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | null,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
+  removeEventListener<K extends ParleyEventName>(
+    type: K,
+    listener: (ev: ParleyEvent<K>) => void,
+    options?: boolean | EventListenerOptions,
+  ): void;
+  removeEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | null,
+    options?: boolean | EventListenerOptions,
+  ): void;
+}
+
+/** "Equal jitter" exponential backoff: a delay in [cap/2, cap], cap = min(maxMs, initialMs * factor^attempt). */
+export declare function backoffDelay(
+  attempt: number,
+  opts?: { initialMs?: number; maxMs?: number; factor?: number },
+  random?: () => number,
+): number;
+
+/** A random id that works in insecure contexts too. */
+export declare function randomId(prefix?: string): string;
+
+export default ParleyClient;
