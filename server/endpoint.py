@@ -33,6 +33,7 @@ from parley.protocol.errors import (
     InvalidMessage,
     ParleyError,
     RateLimited,
+    SessionLost,
     SessionNotFound,
     Unauthorized,
     UnsupportedVersion,
@@ -579,6 +580,10 @@ class Connection:
         outage_since: float | None = None
         try:
             while True:
+                if sub.lost:  # the store lost the session (sessions/loss.py): say so and end, 4010
+                    await self.send_error(SessionLost())
+                    await self.close(CloseCode.SESSION_LOST, ErrorCode.SESSION_LOST)
+                    return
                 try:
                     async with self._lock:
                         if self._pending_write is not None:

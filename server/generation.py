@@ -159,8 +159,9 @@ class DeltaWriter:
             ]
             try:
                 results = await self.store.append_deltas(writes)
-            except ParleyError:
-                log.warning("delta write failed; retrying", exc_info=True)
+            except ParleyError:  # the store is unreachable: its tracker logs the outage once (outage.py)
+                log.debug("delta write failed; retrying", exc_info=True)
+                self.store.health.write_retried(len(writes))
                 for g, t in zip(gens, texts, strict=True):  # put back, ahead of newer text
                     self._pending[g] = [t, *self._pending.get(g, [])]
                 await asyncio.sleep(WRITE_RETRY_S)
@@ -349,9 +350,11 @@ class Generations:
                 )
                 break
             except ParleyError:
-                if time.monotonic() > deadline:
-                    log.error("could not log the end of %s; the reaper will", gen.response_id)
+                if time.monotonic() > deadline:  # counted in the outage's summary line, not one line each
+                    log.debug("could not log the end of %s; the reaper will", gen.response_id)
+                    self.store.health.write_dropped()
                     return
+                self.store.health.write_retried()
                 await asyncio.sleep(WRITE_RETRY_S * 5)
         for cb in self.on_finish:
             cb(gen, completed.finish_reason)
