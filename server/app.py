@@ -30,6 +30,7 @@ from .auth import build_authenticator
 from .endpoint import Connection, websocket_endpoint
 from .feedback import MAX_LIMIT, export_feedback, parse_since
 from .generation import Generation, Generations
+from .guard import Guard
 from .metrics import CONTENT_TYPE, MeteredProvider, MeteredStore, Metrics
 from .profiles import load_profiles, single_profile_set
 from .providers.base import ModelProvider
@@ -298,7 +299,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(WebSocketFirst, path="/v1/ws", endpoint=websocket_endpoint)],
+        middleware=[
+            Middleware(Guard, settings=settings),  # URL credentials, Host, Origin: refused before any route
+            Middleware(WebSocketFirst, path="/v1/ws", endpoint=websocket_endpoint),
+        ],
     )
     app.state.parley = state
     return app
