@@ -53,7 +53,7 @@ from parley.sessions import LogEntry, LogGap, SlowConsumer, fresh, replay
 from parley.sessions.fanout import Subscriber
 from parley.sessions.keys import REPLAY_CHUNK
 
-from . import logs
+from . import handshake, logs
 from .auth import Authenticator, Identity
 from .inline import Direct, direct_transport, send_now, writable, write_some
 from .metrics import Metrics
@@ -491,6 +491,7 @@ class Connection:
                 )
             )
         )
+        handshake.admitted(self.ws.scope)  # no longer a pending handshake (server/handshake.py)
         if not recovered:
             after = await self._send_snapshot(opened)
             self._must_read = True  # the log after the snapshot

@@ -31,6 +31,7 @@ from starlette.websockets import WebSocket
 from parley.protocol import error_event
 from parley.protocol.errors import Unauthorized
 
+from . import handshake
 from .settings import Settings
 
 #: Parameter names (lower case, letters and digits only) that carry a credential, exactly...
@@ -184,9 +185,18 @@ class Guard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind not in ("http", "websocket"):
+        if kind == "websocket":
+            try:
+                await self._check(scope, receive, send)
+            finally:  # however it ended, the connection no longer counts as a pending handshake
+                handshake.admitted(scope)
+        elif kind == "http":
+            await self._check(scope, receive, send)
+        else:
             await self.app(scope, receive, send)
-            return
+
+    async def _check(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
         if credential_in_query(scope.get("query_string", b"")):
             scope["query_string"] = REDACTED_QUERY  # before anything (uvicorn's request line) logs it
             metrics = getattr(getattr(scope.get("app"), "state", None), "parley", None)
