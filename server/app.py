@@ -140,6 +140,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         sessions=lambda: len(store.fanout.sessions()),
         running=lambda: len(generations.running),
     )
+    metrics.watch_store(store.health)  # outage time, failed writes, lost sessions (sessions/outage.py)
     background: set[asyncio.Task[Any]] = set()
 
     async def charge(gen: Generation) -> None:

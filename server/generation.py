@@ -385,7 +385,7 @@ class Generations:
     async def reap_once(self) -> int:
         """End generations whose lease expired (their process died) as ``interrupted``."""
         now = now_ms()
-        reaped = 0
+        reaped: list[str] = []
         for session_id, response_id in await self.store.expired_leases(now):
             if (session_id, response_id) in self.running:
                 continue  # ours and alive; renewal is merely late
@@ -394,9 +394,14 @@ class Generations:
                 session_id, response_id, body=body, finish_reason="interrupted", expired_before=now
             )
             if entry is not None:
-                reaped += 1
-                log.warning("reaped %s of session %s", response_id, session_id)
-        return reaped
+                reaped.append(response_id)
+        if reaped:  # one line per pass: after an outage longer than the lease there may be hundreds
+            log.warning(
+                "ended %d response(s) as interrupted: their instance stopped renewing the lease",
+                len(reaped),
+                extra={"fields": {"response_ids": reaped[:10]}},
+            )
+        return len(reaped)
 
 
 def interrupted_event(response_id: str) -> ResponseCompleted:

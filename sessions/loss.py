@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
@@ -45,6 +46,10 @@ EPOCH_CHECK_S = 1.0
 AUDIT_CHUNK = 500
 #: Sessions remembered as lost (so one loss is logged and counted once, whoever reports it again).
 REMEMBERED = 10_000
+#: Losses are logged one info line each; one warning sums up those of the last ``GATHER_S``, at
+#: most once per ``SUMMARY_S``.
+GATHER_S = 1.0
+SUMMARY_S = 10.0
 
 
 class LossWatch:
@@ -63,22 +68,47 @@ class LossWatch:
         self._announce = announce
         self.epoch: str | None = None
         self._seen: OrderedDict[str, None] = OrderedDict()
+        self._summarized = 0  # sessions_lost at the last summary warning
+        self._next_summary = 0.0
+        self._summary: asyncio.TimerHandle | None = None
 
     def lost(self, session_id: str, *, announce: bool = True) -> None:
         """The session's state is gone: end its readers here, and (found here) tell the other instances."""
         readers = self.fanout.lose(session_id)
-        if session_id in self._seen:
+        if session_id in self._seen or (not announce and not readers):  # (another's, not read here)
             return
         self._seen[session_id] = None
         if len(self._seen) > REMEMBERED:
             self._seen.popitem(last=False)
         self.health.sessions_lost += 1
-        log.warning(
+        log.info(
             "session lost by the store",
             extra={"fields": {"session_id": session_id, "readers": readers, "found_here": announce}},
         )
         if announce:
             self._announce(session_id)
+        self._summarize()
+
+    def _summarize(self) -> None:
+        """One warning sums up a burst of losses (a restart loses every session at once): written
+        ``GATHER_S`` after the first loss, then at most once per ``SUMMARY_S``."""
+        if self._summary is None:
+            delay = max(GATHER_S, self._next_summary - time.monotonic())
+            self._summary = asyncio.get_running_loop().call_later(delay, self._emit_summary)
+
+    def _emit_summary(self) -> None:
+        self._summary = None
+        new = self.health.sessions_lost - self._summarized
+        if new <= 0:
+            return
+        self._summarized = self.health.sessions_lost
+        self._next_summary = time.monotonic() + SUMMARY_S
+        log.warning(
+            "the session store lost the state of %d session(s) read here; their readers were told "
+            "(session_lost, close 4010)",
+            new,
+            extra={"fields": {"store": self.health.address, "sessions_lost": new}},
+        )
 
     async def audit(self) -> int:
         """Check every session with readers here; announce the ones whose state is gone. Returns how many."""
