@@ -157,6 +157,7 @@ _CLOSE_ERRORS: dict[int, ErrorCode] = {
     CloseCode.UNAUTHORIZED: ErrorCode.UNAUTHORIZED,
     CloseCode.UNSUPPORTED_VERSION: ErrorCode.UNSUPPORTED_VERSION,
     CloseCode.SESSION_NOT_FOUND: ErrorCode.SESSION_NOT_FOUND,
+    CloseCode.SESSION_LOST: ErrorCode.SESSION_LOST,
     CloseCode.POLICY_VIOLATION: ErrorCode.RATE_LIMITED,
 }
 

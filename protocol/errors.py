@@ -12,6 +12,7 @@ a client can decide what to do from the code alone::
      +-- Unauthorized                 unauthorized
      +-- Forbidden                    forbidden
      +-- SessionNotFound              session_not_found
+     +-- SessionLost                  session_lost
      +-- RateLimited                  rate_limited          (retryable)
      +-- Busy                         busy                  (retryable)
      +-- UpstreamUnavailable          upstream_unavailable  (retryable)
@@ -36,6 +37,9 @@ class ErrorCode(StrEnum):
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"
     SESSION_NOT_FOUND = "session_not_found"
+    #: the session existed while this connection read it, but the store lost its state (Redis
+    #: restarted without persistence, failover to an empty replica, a flush): nothing can resume it
+    SESSION_LOST = "session_lost"
     RATE_LIMITED = "rate_limited"
     BUSY = "busy"
     PAYLOAD_TOO_LARGE = "payload_too_large"
@@ -77,6 +81,7 @@ class CloseCode(IntEnum):
     SESSION_NOT_FOUND = 4004  # resume of an unknown (or another tenant's) session
     HELLO_TIMEOUT = 4008  # no hello within the hello deadline
     SLOW_CONSUMER = 4009  # client stopped reading; resume to catch up
+    SESSION_LOST = 4010  # the store lost the session's state (like HTTP 410 Gone): start a new session
     POLICY_VIOLATION = 4029  # sustained abuse (rate limits hit again and again)
 
 
@@ -141,6 +146,11 @@ class SessionNotFound(ParleyError):
     default_message = "session not found"
 
 
+class SessionLost(ParleyError):
+    code = ErrorCode.SESSION_LOST
+    default_message = "the session's state was lost by the session store; start a new session"
+
+
 class RateLimited(ParleyError):
     code = ErrorCode.RATE_LIMITED
     default_message = "rate limit exceeded"
@@ -191,6 +201,7 @@ ERROR_CLASSES: dict[ErrorCode, type[ParleyError]] = {
         Unauthorized,
         Forbidden,
         SessionNotFound,
+        SessionLost,
         RateLimited,
         Busy,
         UpstreamUnavailable,

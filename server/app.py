@@ -30,6 +30,7 @@ from .auth import build_authenticator
 from .endpoint import Connection, websocket_endpoint
 from .feedback import MAX_LIMIT, export_feedback, parse_since
 from .generation import Generation, Generations
+from .guard import Guard
 from .metrics import CONTENT_TYPE, MeteredProvider, MeteredStore, Metrics
 from .profiles import load_profiles, single_profile_set
 from .providers.base import ModelProvider
@@ -139,6 +140,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         sessions=lambda: len(store.fanout.sessions()),
         running=lambda: len(generations.running),
     )
+    metrics.watch_store(store.health)  # outage time, failed writes, lost sessions (sessions/outage.py)
     background: set[asyncio.Task[Any]] = set()
 
     async def charge(gen: Generation) -> None:
@@ -298,7 +300,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(WebSocketFirst, path="/v1/ws", endpoint=websocket_endpoint)],
+        middleware=[
+            Middleware(Guard, settings=settings),  # URL credentials, Host, Origin: refused before any route
+            Middleware(WebSocketFirst, path="/v1/ws", endpoint=websocket_endpoint),
+        ],
     )
     app.state.parley = state
     return app

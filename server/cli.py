@@ -24,9 +24,12 @@ def _serve(args: argparse.Namespace) -> int:
     from . import logs
 
     logs.setup(settings)  # JSON lines by default (PARLEY_LOG_FORMAT=text for humans)
+    from . import handshake
+
     config: dict[str, Any] = dict(
         host=settings.host,
         port=settings.port,
+        http=handshake.protocol_class(settings),  # the handshake deadline and per-address cap
         ws=settings.ws_impl,
         ws_max_size=settings.max_frame_bytes,
         ws_per_message_deflate=settings.ws_per_message_deflate,

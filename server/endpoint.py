@@ -20,7 +20,6 @@ import logging
 import time
 import uuid
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.types import Receive, Scope, Send
@@ -33,6 +32,7 @@ from parley.protocol.errors import (
     InvalidMessage,
     ParleyError,
     RateLimited,
+    SessionLost,
     SessionNotFound,
     Unauthorized,
     UnsupportedVersion,
@@ -53,7 +53,7 @@ from parley.sessions import LogEntry, LogGap, SlowConsumer, fresh, replay
 from parley.sessions.fanout import Subscriber
 from parley.sessions.keys import REPLAY_CHUNK
 
-from . import logs
+from . import handshake, logs
 from .auth import Authenticator, Identity
 from .inline import Direct, direct_transport, send_now, writable, write_some
 from .metrics import Metrics
@@ -63,8 +63,6 @@ from .settings import Settings
 
 log = logging.getLogger("parley.ws")
 
-#: Query parameters that would carry a credential: a handshake naming any of them is refused.
-TOKEN_PARAMS = frozenset({"token", "access_token", "id_token", "jwt", "auth", "authorization", "bearer"})
 #: How long the close handshake may take before the connection is abandoned to the server.
 CLOSE_TIMEOUT_S = 2.0
 #: A reader whose store reads fail retries this often, for up to this long, before closing (1001).
@@ -119,24 +117,6 @@ def header(ws: WebSocket, name: bytes) -> str | None:
         if key == name:
             return str(value.decode("latin-1"))
     return None
-
-
-def query_names(ws: WebSocket) -> list[str]:
-    """The query string's parameter names, without keeping a parsed copy per socket."""
-    return [name for name, _ in parse_qsl(ws.scope.get("query_string", b"").decode("latin-1"), True)]
-
-
-def origin_allowed(ws: WebSocket, settings: Settings) -> bool:
-    """No Origin (non-browser client), the server's own origin, or one listed in settings."""
-    origin = header(ws, b"origin")
-    if origin is None:
-        return True
-    origin = origin.rstrip("/")
-    if origin in settings.allowed_origin_list:
-        return True
-    parts = urlsplit(origin)
-    host = header(ws, b"host") or ""
-    return parts.scheme in ("http", "https") and bool(parts.netloc) and parts.netloc == host
 
 
 def trace_id_from(metadata: dict[str, Any], traceparent: str | None) -> str:
@@ -511,6 +491,7 @@ class Connection:
                 )
             )
         )
+        handshake.admitted(self.ws.scope)  # no longer a pending handshake (server/handshake.py)
         if not recovered:
             after = await self._send_snapshot(opened)
             self._must_read = True  # the log after the snapshot
@@ -579,6 +560,10 @@ class Connection:
         outage_since: float | None = None
         try:
             while True:
+                if sub.lost:  # the store lost the session (sessions/loss.py): say so and end, 4010
+                    await self.send_error(SessionLost())
+                    await self.close(CloseCode.SESSION_LOST, ErrorCode.SESSION_LOST)
+                    return
                 try:
                     async with self._lock:
                         if self._pending_write is not None:
@@ -722,21 +707,11 @@ async def websocket_endpoint(scope: Scope, receive: Receive, send: Send) -> None
     ws = WebSocket(scope, receive, send)
     state = ws.app.state.parley
     settings: Settings = state.settings
-    if any(name.lower() in TOKEN_PARAMS for name in query_names(ws)):
-        # refused even with auth off: a URL ends up in proxy, browser and server logs
-        state.metrics.auth_failures.inc()
-        body = error_event(
-            Unauthorized("tokens are accepted only in hello.token, never in the URL")
-        ).model_dump(exclude_none=True)
-        await ws.send_denial_response(JSONResponse(body, status_code=401))
-        return
+    # credentials in the URL, the Host and the Origin were checked before any route (server/guard.py)
     offered = ws.scope.get("subprotocols") or []
     if offered and PROTOCOL_VERSION not in offered:
         body = error_event(UnsupportedVersion()).model_dump(exclude_none=True)
         await ws.send_denial_response(JSONResponse(body, status_code=400))
-        return
-    if not origin_allowed(ws, settings):
-        await ws.send_denial_response(PlainTextResponse("origin not allowed", status_code=403))
         return
     if state.draining:
         await ws.send_denial_response(PlainTextResponse("server restarting", status_code=503))

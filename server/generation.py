@@ -159,8 +159,9 @@ class DeltaWriter:
             ]
             try:
                 results = await self.store.append_deltas(writes)
-            except ParleyError:
-                log.warning("delta write failed; retrying", exc_info=True)
+            except ParleyError:  # the store is unreachable: its tracker logs the outage once (outage.py)
+                log.debug("delta write failed; retrying", exc_info=True)
+                self.store.health.write_retried(len(writes))
                 for g, t in zip(gens, texts, strict=True):  # put back, ahead of newer text
                     self._pending[g] = [t, *self._pending.get(g, [])]
                 await asyncio.sleep(WRITE_RETRY_S)
@@ -349,9 +350,11 @@ class Generations:
                 )
                 break
             except ParleyError:
-                if time.monotonic() > deadline:
-                    log.error("could not log the end of %s; the reaper will", gen.response_id)
+                if time.monotonic() > deadline:  # counted in the outage's summary line, not one line each
+                    log.debug("could not log the end of %s; the reaper will", gen.response_id)
+                    self.store.health.write_dropped()
                     return
+                self.store.health.write_retried()
                 await asyncio.sleep(WRITE_RETRY_S * 5)
         for cb in self.on_finish:
             cb(gen, completed.finish_reason)
@@ -382,7 +385,7 @@ class Generations:
     async def reap_once(self) -> int:
         """End generations whose lease expired (their process died) as ``interrupted``."""
         now = now_ms()
-        reaped = 0
+        reaped: list[str] = []
         for session_id, response_id in await self.store.expired_leases(now):
             if (session_id, response_id) in self.running:
                 continue  # ours and alive; renewal is merely late
@@ -391,9 +394,14 @@ class Generations:
                 session_id, response_id, body=body, finish_reason="interrupted", expired_before=now
             )
             if entry is not None:
-                reaped += 1
-                log.warning("reaped %s of session %s", response_id, session_id)
-        return reaped
+                reaped.append(response_id)
+        if reaped:  # one line per pass: after an outage longer than the lease there may be hundreds
+            log.warning(
+                "ended %d response(s) as interrupted: their instance stopped renewing the lease",
+                len(reaped),
+                extra={"fields": {"response_ids": reaped[:10]}},
+            )
+        return len(reaped)
 
 
 def interrupted_event(response_id: str) -> ResponseCompleted:

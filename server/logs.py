@@ -110,13 +110,16 @@ def logging_config(settings: Settings) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"parley": {"()": formatter}},
-        "filters": {"chatter": {"()": "parley.server.logs.HandshakeChatter"}},
+        "filters": {
+            "chatter": {"()": "parley.server.logs.HandshakeChatter"},
+            "client_errors": {"()": "parley.server.client_errors.ClientProtocolErrors"},  # no tracebacks
+        },
         "handlers": {
             "default": {"class": "logging.StreamHandler", "formatter": "parley", "stream": "ext://sys.stderr"}
         },
         "root": {"handlers": ["default"], "level": level},
         "loggers": {
-            name: {"handlers": [], "level": level, "propagate": True, "filters": ["chatter"]}
+            name: {"handlers": [], "level": level, "propagate": True, "filters": ["chatter", "client_errors"]}
             for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
         },
     }

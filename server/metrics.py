@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.utils import floatToGoString
 
@@ -156,6 +156,10 @@ class Metrics:
         )
         self.webhooks = WebhookMetrics(r)
 
+    def watch_store(self, health: Any) -> None:
+        """The session store's outage counters (``sessions/outage.py``), read when scraped."""
+        self.registry.register(StoreHealthCollector(health))
+
     def expose(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -187,6 +191,28 @@ class WebhookMetrics:
             ["reason"],
             registry=r,
         )
+
+
+class StoreHealthCollector:
+    """Outage time, failed writes and lost sessions of the session store, from its ``StoreHealth``."""
+
+    def __init__(self, health: Any) -> None:
+        self.health = health
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        h = self.health
+        yield GaugeMetricFamily("parley_store_up", "1 while the session store is reachable", value=int(h.up))
+        for name, doc, value in (
+            ("parley_store_outage_seconds", "Time the session store was unreachable", h.outage_total),
+            ("parley_store_outages", "Times the session store became unreachable", h.outages),
+            ("parley_store_writes_failed", "Store writes that failed (each retry counts)", h.writes_failed),
+            ("parley_store_writes_dropped", "Store writes given up after failing", h.writes_dropped),
+            ("parley_sessions_lost", "Sessions read here whose state the store lost", h.sessions_lost),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+
+    def describe(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        return self.collect()
 
 
 class MeteredProvider:

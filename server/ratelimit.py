@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from parley.sessions import keys
+from parley.sessions.outage import StoreHealth, store_address
 from parley.sessions.redis_wire import DRIVER_INFO
 
 from .service import Principal
@@ -350,6 +351,8 @@ class RedisLimiter:
         from redis.asyncio.cluster import RedisCluster
 
         self.limits = limits
+        # an outage is logged once (and a reminder now and then), not once per request
+        self.health = StoreHealth("limiter store", store_address(url), log)
         options: dict[str, Any] = dict(
             decode_responses=True, socket_timeout=2.0, socket_connect_timeout=1.0, driver_info=DRIVER_INFO
         )
@@ -380,10 +383,12 @@ class RedisLimiter:
         from redis.exceptions import RedisError
 
         try:
-            return await self._scripts[name](keys=keys_, args=args)
-        except (RedisError, OSError) as exc:
-            log.warning("limiter unavailable (%s); letting the request through", type(exc).__name__)
+            result = await self._scripts[name](keys=keys_, args=args)
+        except (RedisError, OSError) as exc:  # unavailable: requests are let through meanwhile
+            self.health.failed(exc)
             return None
+        self.health.ok()
+        return result
 
     def _rate_keys(self, who: Principal, kind: str) -> list[str]:
         return [keys.limit_key(who.tenant, kind, who.user), keys.limit_key(who.tenant, kind)]
@@ -429,8 +434,9 @@ class RedisLimiter:
 
         try:
             await self._r.zrem(self._conns_key(who), conn_id)
-        except (RedisError, OSError):
-            log.warning("limiter unavailable; connection slot expires by itself")
+        except (RedisError, OSError) as exc:  # the slot expires by itself
+            self.health.failed(exc)
+            self.health.write_dropped()
 
     async def keep_connections(self, conns: Sequence[tuple[Principal, str]]) -> None:
         if self.limits.connections <= 0 or not conns:
@@ -448,8 +454,9 @@ class RedisLimiter:
                 for who, cid in conns:
                     await script(keys=[self._conns_key(who)], args=[cid, keys.CONNECTION_TTL_MS], client=pipe)
                 await pipe.execute()
-        except (RedisError, OSError):
-            log.warning("limiter unavailable; could not refresh open connections")
+        except (RedisError, OSError) as exc:
+            self.health.failed(exc)
+            self.health.write_dropped(len(conns))
 
     async def new_session(self, who: Principal) -> Refusal | None:
         cap = self.limits.sessions

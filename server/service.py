@@ -23,6 +23,9 @@ from .profiles import ProfileSet, build_context
 from .providers.base import ChatMessage, ModelProvider, ModelRequest, Profile
 from .settings import Settings
 
+#: Shortest busy ``retry_after_ms``: a lease about to lapse still takes a round trip to be ended.
+BUSY_RETRY_MIN_MS = 100
+
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
@@ -122,13 +125,13 @@ class SessionService:
             )
         )
         self.generations.expect(session_id, response_id)
+        ref = {"type": "message.send", "client_msg_id": client_msg_id}
         try:
             result = await self._accept(
                 session_id, client_msg_id, message_id, response_id, msg_content, accepted, started
             )
             if result.status != "accepted":
                 self.generations.forget(session_id, response_id)
-            ref = {"type": "message.send", "client_msg_id": client_msg_id}
             if result.status == "duplicate":
                 return MessageDuplicate(
                     client_msg_id=client_msg_id,
@@ -137,7 +140,11 @@ class SessionService:
                     accepted_seq=result.duplicate_seq,
                 )
             if result.status != "accepted":
-                raise Busy(retry_after_ms=None, ref=ref)
+                raise Busy(retry_after_ms=self._busy_for(result), ref=ref)
+        except SessionNotFound as exc:  # expired, or lost by the store: like any unknown session
+            self.generations.forget(session_id, response_id)
+            exc.ref = exc.ref or ref
+            raise
         except BaseException:
             self.generations.forget(session_id, response_id)
             raise
@@ -149,6 +156,16 @@ class SessionService:
         )
         self.generations.launch(session_id, response_id, request, provider)
         return None
+
+    def _busy_for(self, result: AcceptResult) -> int:
+        """``retry_after_ms`` for busy: until the running response's lease lapses unless renewed.
+
+        A live response renews its lease (the next try may be busy again, with a new hint); one
+        whose process died is ended as interrupted by the first ``message.send`` after the lapse,
+        so the wait is bounded by the lease (``PARLEY_LEASE_MS``), never open-ended.
+        """
+        left = result.lease_deadline_ms - now_ms() if result.lease_deadline_ms else self.settings.lease_ms
+        return max(BUSY_RETRY_MIN_MS, min(left, self.settings.lease_ms))
 
     async def _accept(
         self,
@@ -186,11 +203,22 @@ class SessionService:
         return result
 
     async def cancel(self, session_id: str, response_id: str | None) -> None:
+        """Ask the running response to stop; a cancel that finds nothing running is told so.
+
+        ``invalid_message`` (not retryable) with ``ref.type == "response.cancel"``: no response is
+        running, or the one named has already finished (its ``response.completed`` is in the log).
+        Repeating a cancel changes nothing either way (idempotent); only the answer says why.
+        """
         outcome, rid = await self.store.request_cancel(session_id, response_id)
+        ref: dict[str, Any] = {"type": "response.cancel"}
+        if rid:
+            ref["response_id"] = rid
         if outcome == "unknown":
-            raise InvalidMessage(
-                "no such response in this session", ref={"type": "response.cancel", "response_id": rid}
-            )
+            raise InvalidMessage("no such response in this session", ref=ref)
+        if outcome == "idle":
+            raise InvalidMessage("nothing to cancel: no response is running", ref=ref)
+        if outcome == "finished":
+            raise InvalidMessage("nothing to cancel: that response has already finished", ref=ref)
 
     async def feedback(
         self, session_id: str, response_id: str, rating: str, comment: str | None, tags: list[str]

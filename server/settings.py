@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     ws_per_message_deflate: bool = False  # compression costs CPU per frame; off unless asked
     ws_impl: str = "auto"  # uvicorn WebSocket implementation: auto (websockets-sansio), websockets, wsproto
     allowed_origins: str = ""  # comma-separated origins allowed besides the server's own
+    # comma-separated Host names served ("*" any, "*.example.com" subdomains); empty: loopback names
+    # (and --host) with auth off, any host with auth on (server/guard.py, docs/security.md)
+    allowed_hosts: str = ""
+    handshake_timeout_ms: int = Field(10_000, ge=100)  # TCP accept to a complete request (handshake.py)
+    max_pending_per_address: int = Field(256, ge=0)  # connections before session.ready, per peer; 0: no cap
 
     # generation
     event_timestamps: bool = False  # stamp response.delta with its append time (load tests measure delivery)

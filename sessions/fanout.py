@@ -7,7 +7,9 @@ delivering an entry twice, late or out of order is harmless. A reader with a
 straight into its transport: no task switch per event); whatever it declines, and
 everything for a reader without one, is buffered. Each buffer is bounded: a reader
 that falls further behind is marked overflowed and must catch up from the log (or
-be closed as a slow consumer).
+be closed as a slow consumer). A session whose state the store lost is announced
+here too (``lose``): each of its readers is marked ``lost`` and woken, and must end
+with ``session_lost`` (nothing more will ever be logged for it).
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ class Listener(Protocol):
 class Subscriber:
     """One reader's live buffer for one session."""
 
-    __slots__ = ("_buffer", "_waiter", "listener", "max_pending", "overflowed", "resync", "session_id")
+    __slots__ = (
+        "_buffer", "_waiter", "listener", "lost", "max_pending", "overflowed", "resync", "session_id",
+    )  # fmt: skip
 
     def __init__(self, session_id: str, max_pending: int) -> None:
         self.session_id = session_id
@@ -43,6 +47,7 @@ class Subscriber:
         self.listener: Listener | None = None
         self.overflowed = False
         self.resync = False
+        self.lost = False  # the store lost the session's state: the reader must end (session_lost)
 
     def push(self, entries: list[LogEntry]) -> None:
         if self.overflowed:
@@ -61,7 +66,7 @@ class Subscriber:
     @property
     def idle(self) -> bool:
         """Nothing buffered and nothing to attend to: a reader may go back to live delivery."""
-        return not self._buffer and not self.resync and not self.overflowed
+        return not self._buffer and not self.resync and not self.overflowed and not self.lost
 
     def take(self) -> list[LogEntry]:
         """Everything buffered, without waiting."""
@@ -71,6 +76,11 @@ class Subscriber:
     def request_resync(self) -> None:
         """Ask the reader to re-read the log: live delivery may have missed entries."""
         self.resync = True
+        self._wake()
+
+    def mark_lost(self) -> None:
+        """The session is gone from the store: wake the reader so it can say so and end."""
+        self.lost = True
         self._wake()
 
     def _wake(self) -> None:
@@ -145,6 +155,13 @@ class Fanout:
         for subs in self._subs.values():
             for sub in subs:
                 sub.request_resync()
+
+    def lose(self, session_id: str) -> int:
+        """The store lost this session's state: every reader of it is told; returns how many there were."""
+        subs = self._subs.get(session_id) or []
+        for sub in list(subs):
+            sub.mark_lost()
+        return len(subs)
 
     def sessions(self) -> list[str]:
         return list(self._subs)

@@ -70,6 +70,14 @@ LEASES = f"{PREFIX}:leases"
 #: operators enumerate sessions without SCAN. Trimmed by score when sessions expire.
 SESSIONS_INDEX = f"{PREFIX}:sessions"
 
+#: Global string, no TTL: a random value the first instance writes (SET NX). Every instance reads
+#: it each second (sessions/loss.py): gone or changed means Redis lost data (a restart without
+#: persistence, a failover to an empty replica, a flush), so the sessions read here are checked.
+EPOCH = f"{PREFIX}:epoch"
+
+#: Control-channel message announcing a session whose state Redis lost: "lost\t<sid>".
+LOST_MESSAGE = "lost"
+
 # Defaults for the store's limits (each also a PARLEY_ setting).
 SESSION_TTL_MS = 24 * 3600 * 1000  # a day: long enough to come back tomorrow, short enough to bound memory
 LOG_MAX_LEN = 10_000  # events kept per session log; older ones are trimmed (resume then uses a snapshot)

@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from parley.protocol import with_seq
+from parley.protocol.errors import SessionNotFound
 
 from .fanout import Fanout, Subscriber
 from .keys import HISTORY_MAX_TURNS, LOG_MAX_LEN, SESSION_TTL_MS
+from .outage import StoreHealth
 from .store import (
     AcceptResult,
     CancelOutcome,
@@ -66,6 +68,7 @@ class MemoryStore:
     ) -> None:
         self.instance_id = uuid.uuid4().hex[:12]
         self.fanout = Fanout()
+        self.health = StoreHealth("session store", "memory")  # never unreachable: nothing to report
         self.log_max_len = log_max_len
         self.session_ttl_ms = session_ttl_ms
         self.history_max_turns = history_max_turns
@@ -130,14 +133,16 @@ class MemoryStore:
         lease_ms: int,
     ) -> AcceptResult:
         s = self._get(session_id)
-        if s is None:
-            raise KeyError(session_id)
+        if s is None:  # expired: readers still tailing it must hear so
+            self.fanout.lose(session_id)
+            raise SessionNotFound("no such session (or it was lost)")
         dup = s.msgids.get(client_msg_id)
         if dup is not None:
             return AcceptResult("duplicate", duplicate_seq=dup[0], message_id=dup[1], response_id=dup[2])
         if s.active is not None:
-            status = "busy" if s.lease > now_ms else "stale"
-            return AcceptResult(status, response_id=s.active)
+            if s.lease > now_ms:
+                return AcceptResult("busy", response_id=s.active, lease_deadline_ms=s.lease)
+            return AcceptResult("stale", response_id=s.active)
         accepted = self._append(session_id, s, accepted_body)
         started = self._append(session_id, s, started_body)
         s.msgids[client_msg_id] = (accepted.seq, message_id, response_id)
@@ -160,7 +165,10 @@ class MemoryStore:
         out: list[DeltaOutcome] = []
         for w in writes:
             s = self._get(w.session_id)
-            if s is None or s.active != w.response_id:
+            if s is None:
+                self.fanout.lose(w.session_id)
+                out.append("gone")
+            elif s.active != w.response_id:
                 out.append("gone")
             elif s.cancel == w.response_id:
                 out.append("cancel")
@@ -176,7 +184,10 @@ class MemoryStore:
 
     def _renew(self, session_id: str, response_id: str, deadline_ms: int) -> LeaseOutcome:
         s = self._get(session_id)
-        if s is None or s.active != response_id:
+        if s is None:
+            self.fanout.lose(session_id)
+            return "gone"
+        if s.active != response_id:
             return "gone"
         if s.cancel == response_id:
             return "cancel"
@@ -193,7 +204,10 @@ class MemoryStore:
         expired_before: int | None = None,
     ) -> LogEntry | None:
         s = self._get(session_id)
-        if s is None or s.active != response_id:
+        if s is None:
+            self.fanout.lose(session_id)
+            return None
+        if s.active != response_id:
             return None
         if expired_before is not None and s.lease > expired_before:
             return None

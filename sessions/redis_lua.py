@@ -65,7 +65,7 @@ local dup = redis.call('HGET', KEYS[5], ARGV[6])
 if dup then return {'duplicate', dup} end
 local m = redis.call('HMGET', KEYS[1], 'active', 'lease')
 if m[1] then
-  if tonumber(m[2]) > tonumber(ARGV[12]) then return {'busy', m[1]} end
+  if tonumber(m[2]) > tonumber(ARGV[12]) then return {'busy', m[1], m[2]} end
   return {'stale', m[1]}
 end
 local a = append(ARGV[10])
@@ -85,7 +85,8 @@ return {'accepted', a[1], a[2], s[1], s[2], redis.call('LRANGE', KEYS[4], 0, -1)
 # Many deltas in one call (one round trip, one reply for a whole flush of the process).
 # KEYS: meta, log, partial of each write, in order. ARGV[1..3]: log max length, instance id,
 # session TTL (unused); then per write: events channel, self-subscribed flag, response_id, text,
-# body. Returns per write {seq, data}, {0} (response no longer active) or {-1} (cancel asked).
+# body. Returns per write {seq, data}, {0} (response no longer active), {-1} (cancel asked) or
+# {-2} (the session's meta is gone: Redis lost it, see sessions/loss.py).
 # Writes of one session keep their order; in a cluster each call holds one session's writes.
 DELTAS = (
     _APPEND
@@ -97,7 +98,9 @@ for i = 4, #ARGV, 5 do
   local meta, log, partial = KEYS[3 * w - 2], KEYS[3 * w - 1], KEYS[3 * w]
   local chan, flag, rid = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local m = redis.call('HMGET', meta, 'active', 'cancel')
-  if m[1] ~= rid then
+  if not m[1] and redis.call('EXISTS', meta) == 0 then
+    out[w] = {-2}
+  elseif m[1] ~= rid then
     out[w] = {0}
   elseif m[2] == rid then
     out[w] = {-1}
@@ -111,13 +114,15 @@ return out
 )
 
 # KEYS meta. ARGV[6..] response_id, new lease deadline ms
-# Many leases at once: KEYS[i] = meta of session i, ARGV[1] = deadline, ARGV[i + 1] = its response id
+# Many leases at once: KEYS[i] = meta of session i, ARGV[1] = deadline, ARGV[i + 1] = its response id.
+# Per lease 'ok', 'cancel', 'gone' (no longer active) or 'lost' (the session's meta is gone).
 RENEW = """
 local out = {}
 for i, key in ipairs(KEYS) do
   local rid = ARGV[i + 1]
   local m = redis.call('HMGET', key, 'active', 'cancel')
-  if m[1] ~= rid then out[i] = 'gone'
+  if not m[1] and redis.call('EXISTS', key) == 0 then out[i] = 'lost'
+  elseif m[1] ~= rid then out[i] = 'gone'
   elseif m[2] == rid then out[i] = 'cancel'
   else redis.call('HSET', key, 'lease', ARGV[1]); out[i] = 'ok' end
 end
@@ -125,10 +130,12 @@ return out
 """
 
 # ARGV[6..] response_id, completed body, finish reason, history max turns, expired_before ('' = any)
+# Returns {seq, data}, {0} (not the active response, or its lease is alive) or {-1} (session gone).
 FINISH = (
     _PRELUDE
     + """
 local m = redis.call('HMGET', KEYS[1], 'active', 'lease')
+if not m[1] and redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
 if m[1] ~= ARGV[6] then return {0} end
 if ARGV[10] ~= '' and tonumber(m[2]) > tonumber(ARGV[10]) then return {0} end
 local text = redis.call('GET', KEYS[3]) or ''

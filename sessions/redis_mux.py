@@ -33,8 +33,12 @@ log = logging.getLogger("parley.redis")
 
 
 def _log_failure(fut: asyncio.Future[Any]) -> None:
+    """A command nobody awaits failed: a lost connection fails the awaited command after it too (and
+    the store's outage tracker reports that once), so only other errors are worth a warning."""
     if not fut.cancelled() and (exc := fut.exception()) is not None:
-        log.warning("redis command failed (%s: %s)", type(exc).__name__, exc)
+        lost = isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError))
+        level = logging.DEBUG if lost else logging.WARNING
+        log.log(level, "redis command failed (%s: %s)", type(exc).__name__, exc)
 
 
 def _reply_error(message: str) -> ResponseError:

@@ -3,7 +3,9 @@
 One pub/sub connection per process carries both the control channel (cancel) and
 the events channels of the sessions that have local readers here; the listener
 re-creates it and makes every reader re-read the log after any connection loss,
-so a Redis restart never leaves a reader silently stale.
+so a Redis restart never leaves a reader silently stale. A restart that lost the data
+(or a flush) is noticed by ``loss.py`` and answered as ``session_lost``; every outage
+is logged once, by ``outage.py``.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from parley.protocol import seq_of
-from parley.protocol.errors import InternalError, UpstreamUnavailable
+from parley.protocol.errors import InternalError, SessionNotFound, UpstreamUnavailable
 
 from . import keys, redis_lua
 from .fanout import Fanout, Subscriber
+from .loss import LossWatch
+from .outage import StoreHealth, store_address
 from .redis_mux import Multiplexed
 from .redis_wire import DRIVER_INFO, with_hiredis_packing
 from .store import (
@@ -63,19 +67,24 @@ RESUBSCRIBE_BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 def _guard(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-    """Map Redis failures to the protocol's errors at the store boundary."""
+    """Map Redis failures to the protocol's errors at the store boundary; tell the outage tracker."""
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        health: StoreHealth = args[0].health  # type: ignore[attr-defined]
         try:
-            return await fn(*args, **kwargs)
+            result = await fn(*args, **kwargs)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            health.failed(exc)
             raise UpstreamUnavailable(
                 "session store unavailable", retry_after_ms=OUTAGE_RETRY_AFTER_MS
             ) from exc
         except RedisError as exc:
             log.exception("redis error")
             raise InternalError() from exc
+        if health.down_since is not None:
+            health.ok()
+        return result
 
     return wrapper
 
@@ -101,6 +110,7 @@ class RedisStore:
         self.session_ttl_ms = session_ttl_ms
         self.history_max_turns = history_max_turns
         self.fanout = Fanout(on_last=self._on_last_reader)
+        self.health = StoreHealth("session store", store_address(url))
         options: dict[str, Any] = dict(
             decode_responses=True,
             socket_timeout=SOCKET_TIMEOUT_S,
@@ -134,6 +144,9 @@ class RedisStore:
             name: self._r.register_script(getattr(redis_lua, name))
             for name in ("CREATE", "ACCEPT", "DELTAS", "RENEW", "FINISH", "CANCEL", "FEEDBACK", "SNAPSHOT")
         }
+        self.loss = LossWatch(self._r, self.fanout, self.health, self._announce_lost)
+        self._epoch_watch: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
         self._cancel_callbacks: list[Callable[[str, str], None]] = []
         self._channels: set[str] = set()  # events channels we want subscribed
         self._confirmed: dict[str, asyncio.Future[None]] = {}
@@ -160,12 +173,13 @@ class RedisStore:
     async def start(self) -> None:
         self._listener = asyncio.create_task(self._listen(), name="parley-redis-pubsub")
         self._subscriber = asyncio.create_task(self._send_subscriptions(), name="parley-redis-subscribe")
+        self._epoch_watch = asyncio.create_task(self.loss.watch(), name="parley-redis-epoch")
 
     async def close(self) -> None:
         self._closed = True
         self._changes.set()
         await self._indexed()
-        for task in (self._subscriber, self._listener):
+        for task in (self._subscriber, self._listener, self._epoch_watch, *self._background):
             if task:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -277,12 +291,15 @@ class RedisStore:
         status = res[0]
         if status != "accepted":
             self._index(keys.LEASES, lease, None)
-        if status == "missing":
-            raise KeyError(session_id)
+        if status == "missing":  # expired, or lost by Redis: readers still tailing it must hear so
+            self.loss.lost(session_id)
+            raise SessionNotFound("no such session (or it was lost)")
         if status == "duplicate":
             seq, mid, rid = res[1].split("|", 2)
             return AcceptResult("duplicate", duplicate_seq=int(seq), message_id=mid, response_id=rid)
-        if status in ("busy", "stale"):
+        if status == "busy":
+            return AcceptResult(status, response_id=res[1], lease_deadline_ms=int(res[2]))
+        if status == "stale":
             return AcceptResult(status, response_id=res[1])
         entries = [LogEntry(int(res[1]), res[2]), LogEntry(int(res[3]), res[4])]
         self.fanout.publish(session_id, entries)
@@ -331,8 +348,9 @@ class RedisStore:
                                 await self._r.zadd(key, members, gt=True)
                             else:
                                 await self._r.zrem(key, *members)
-                        except Exception as exc:
-                            log.warning("index %s to %s failed (%s)", command, key, type(exc).__name__)
+                        except Exception as exc:  # an outage: logged once by the tracker, repaired later
+                            self.health.failed(exc)
+                            self.health.write_dropped(len(members))
                 finally:
                     self._index_inflight = None
                     if done is not None and not done.done():
@@ -383,7 +401,9 @@ class RedisStore:
         out: list[DeltaOutcome] = []
         for w, res in zip(writes, results, strict=True):
             if len(res) == 1:
-                out.append("gone" if res[0] == 0 else "cancel")
+                if res[0] == -2:
+                    self.loss.lost(w.session_id)
+                out.append("cancel" if res[0] == -1 else "gone")
             else:
                 entry = _entry(res)
                 self.fanout.publish(w.session_id, [entry])
@@ -401,9 +421,12 @@ class RedisStore:
             return list(await self._run("RENEW", ks, [deadline_ms, *(rid for _, rid in batch)]))
 
         results = await self._batched(leases, lambda lease: lease[0], call)
-        for (sid, rid), r in zip(leases, results, strict=True):
+        for i, ((sid, rid), r) in enumerate(zip(leases, results, strict=True)):
             if r == "ok":
                 self._index(keys.LEASES, f"{sid}\t{rid}", deadline_ms)
+            elif r == "lost":
+                self.loss.lost(sid)
+                results[i] = "gone"
         await self._indexed()
         return results
 
@@ -431,6 +454,8 @@ class RedisStore:
         )
         self._index(keys.LEASES, f"{session_id}\t{response_id}", None)
         if len(res) == 1:
+            if res[0] == -1:
+                self.loss.lost(session_id)
             return None
         entry = _entry(res)
         self.fanout.publish(session_id, [entry])
@@ -585,9 +610,11 @@ class RedisStore:
                 )
                 self._pubsub = pubsub
                 self._connected.set()
-                if attempt:
-                    log.info("redis pub/sub re-established; resyncing readers")
+                self.health.ok()
                 self.fanout.resync_all()
+                if attempt:  # Redis may have come back without its data: check what readers here hold
+                    log.debug("redis pub/sub re-established; resyncing readers")
+                    self._spawn(self._audit(), "parley-redis-audit")
                 attempt = 0
                 while True:
                     msg = await pubsub.get_message(timeout=5.0)
@@ -606,7 +633,7 @@ class RedisStore:
                         fut.set_exception(UpstreamUnavailable("pub/sub lost"))
                         fut.exception()
                 self._confirmed.clear()
-                log.warning("redis pub/sub lost (%s); reconnecting", type(exc).__name__)
+                self.health.failed(exc)  # one warning per outage, naming the address and the cause
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
                 await asyncio.sleep(RESUBSCRIBE_BACKOFF_S[min(attempt, len(RESUBSCRIBE_BACKOFF_S) - 1)])
@@ -629,12 +656,37 @@ class RedisStore:
             if len(parts) == 3 and parts[0] == "cancel":
                 for cb in self._cancel_callbacks:
                     cb(parts[1], parts[2])
+            elif len(parts) == 2 and parts[0] == keys.LOST_MESSAGE:
+                self.loss.lost(parts[1], announce=False)
             return
         origin, _, event = data.partition("\n")
         if origin == self.instance_id:
             return  # already delivered from memory right after our own append
         session_id = channel[len(keys.PREFIX) + 2 : -len("}:events")]
         self.fanout.publish(session_id, [LogEntry(seq_of(event), event)])
+
+    # ------------------------------------------------------------ lost sessions (loss.py)
+
+    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _audit(self) -> None:
+        try:
+            await self.loss.audit()
+        except (RedisError, OSError) as exc:  # down again: the epoch watcher audits once it is back
+            log.debug("audit after reconnect failed", exc_info=exc)
+
+    def _announce_lost(self, session_id: str) -> None:
+        """Tell the other instances (their readers end without waiting for their own audit)."""
+
+        async def publish() -> None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._r.publish(keys.CONTROL_CHANNEL, f"{keys.LOST_MESSAGE}\t{session_id}")
+
+        self._spawn(publish(), "parley-redis-lost")
 
     # ------------------------------------------------------------ webhook deliveries
     # (server/webhooks.py; the scripts are in redis_lua.py, the keys in keys.py)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol
 
 from .fanout import Fanout, Subscriber
+from .outage import StoreHealth
 
 
 class LogEntry(NamedTuple):
@@ -38,6 +39,8 @@ class AcceptResult:
 
     ``stale`` means another response is marked active but its lease expired: the
     caller should end it as interrupted (``finish(..., expired_before=now)``) and retry.
+    ``busy`` carries that response's lease deadline: unless renewed (its process is alive),
+    the turn can be accepted from then on.
     """
 
     status: Literal["accepted", "duplicate", "busy", "stale"]
@@ -46,6 +49,7 @@ class AcceptResult:
     message_id: str = ""
     response_id: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)  # accepted: the turns the model sees
+    lease_deadline_ms: int = 0  # busy: when the running response's lease lapses unless renewed
 
 
 @dataclass(slots=True)
@@ -56,7 +60,8 @@ class DeltaWrite:
     body: str  # encoded response.delta without seq
 
 
-#: ``append_deltas`` result per write: the logged entry, or why the response may not log any more.
+#: ``append_deltas`` result per write: the logged entry, or why the response may not log any more
+#: ("gone" also when the store lost the session: the store has then told its readers, ``Fanout.lose``).
 DeltaOutcome = LogEntry | Literal["gone", "cancel"]
 
 
@@ -116,10 +121,15 @@ class WebhookStore(Protocol):
 
 
 class SessionStore(WebhookStore, Protocol):
-    """What the server needs from session storage; both backends pass one test suite."""
+    """What the server needs from session storage; both backends pass one test suite.
+
+    A write to a session whose state is gone (expired, or lost by Redis) announces the loss
+    through ``fanout.lose`` before it returns "gone" / None; ``accept`` raises ``SessionNotFound``.
+    """
 
     instance_id: str
     fanout: Fanout
+    health: StoreHealth
 
     async def start(self) -> None: ...
     async def close(self) -> None: ...

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from parley.protocol.errors import SessionLost
+
 from .fanout import Subscriber
 from .keys import REPLAY_CHUNK
 from .store import LogEntry, SessionStore
@@ -59,6 +61,7 @@ async def tail(
     """Contiguous batches of entries with seq > after_seq, forever (until cancelled).
 
     An empty batch means nothing arrived for ``idle_timeout`` seconds: time for a heartbeat.
+    ``SessionLost`` when the store lost the session's state (``Fanout.lose``).
     """
     last = after_seq
     must_read, needed = True, 0  # the log first, then live entries; the log again after a resync or hole
@@ -71,6 +74,8 @@ async def tail(
             if last < needed:
                 raise LogGap(f"missing events before {needed}")
         live = await sub.wait(idle_timeout)
+        if sub.lost:
+            raise SessionLost()
         if sub.overflowed:
             raise SlowConsumer(sub.session_id)
         out, needed = fresh(live, last)

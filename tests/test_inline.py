@@ -67,8 +67,8 @@ def test_the_endpoint_is_found_when_the_app_is_mounted_under_a_prefix() -> None:
 
     outer = Starlette(routes=[Mount("/chat", app=create_app(Settings(store="memory://")))])
     with (
-        TestClient(outer) as client,
-        client.websocket_connect("/chat/v1/ws", subprotocols=["parley.v1"]) as ws,
+        TestClient(outer) as client,  # (at "localhost": an allowed Host by default, server/guard.py)
+        client.websocket_connect("ws://localhost/chat/v1/ws", subprotocols=["parley.v1"]) as ws,
     ):
         ws.send_json({"type": "hello", "protocol": "parley.v1"})
         assert ws.receive_json()["type"] == "session.ready"

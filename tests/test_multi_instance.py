@@ -144,6 +144,24 @@ async def test_kill_9_of_generating_instance_ends_response_as_interrupted(pair: 
     await c.close()
 
 
+async def test_busy_during_a_dead_lease_says_when_to_retry(pair: list[ServerProcess]) -> None:
+    """After kill -9 of A, a send on B is busy with retry_after_ms within the lease; retrying then works."""
+    a, b = pair
+    async with ParleyClient(a.url) as c:
+        sid, tok = c.session_id, c.resume_token
+        await c.send("doomed")
+        await c.next_event("response.delta")
+    a.stop(signal.SIGKILL)
+    async with ParleyClient(b.url, session_id=sid, resume_token=tok, auto_resume=False) as other:
+        await other.send("too early", client_msg_id="early")
+        err = await other.next_event("error")
+        assert err["code"] == "busy" and err["retryable"] is True
+        assert 0 < err["retry_after_ms"] <= 5000  # PARLEY_LEASE_MS: the dead lease lapses by then
+        await asyncio.sleep(err["retry_after_ms"] / 1000)  # what a client is told to do
+        reply = await other.ask("on time", timeout=20)
+        assert reply.finish_reason == "stop"
+
+
 async def test_sigterm_drains_running_generation_then_client_resumes_elsewhere(redis_url: str) -> None:
     """SIGTERM closes sockets with 1012; a response that fits the drain timeout still completes normally."""
     procs = instances(redis_url, PARLEY_DRAIN_TIMEOUT_MS="10000", PARLEY_ECHO_REPLY_TOKENS="100")

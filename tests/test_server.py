@@ -75,6 +75,7 @@ async def test_second_message_while_running_is_busy(server_factory: Any) -> None
         err = await c.next_event("error")
         assert err["code"] == "busy" and err["retryable"] is True
         assert err["ref"] == {"type": "message.send", "client_msg_id": "c-two"}
+        assert 0 < err["retry_after_ms"] <= server.settings.lease_ms  # until the lease lapses, if not renewed
         await c.cancel()
         reply = await c.collect(cid)
         assert reply.finish_reason == "cancelled"
@@ -119,7 +120,14 @@ async def test_cancel_ends_the_response_and_keeps_partial_text(server_factory: A
             hist = await server.state.store.history(c.session_id)
             assert hist[-1]["content"] == logged_text == reply.text
             assert 0 < len(reply.text.split()) < 200
-            await c.cancel()  # idempotent: nothing running, no error
+            await c.cancel()  # nothing running: changes nothing, and the answer says so
+            answer = await c.next_event("pong", "error")
+            assert answer["code"] == "invalid_message" and answer["retryable"] is False
+            assert answer["ref"] == {"type": "response.cancel"}
+            await c.cancel(rid)  # the finished response: the same, naming it
+            answer = await c.next_event("pong", "error")
+            assert answer["code"] == "invalid_message"
+            assert answer["ref"] == {"type": "response.cancel", "response_id": rid}
             await c.ping("x")
             assert (await c.next_event("pong", "error"))["type"] == "pong"
             nxt = await c.ask("next")

@@ -16,6 +16,7 @@ export declare const CloseCode: Readonly<{
   SESSION_NOT_FOUND: 4004;
   HELLO_TIMEOUT: 4008;
   SLOW_CONSUMER: 4009;
+  SESSION_LOST: 4010;
   POLICY_VIOLATION: 4029;
 }>;
 
@@ -46,6 +47,7 @@ export type KnownErrorCode =
   | "unauthorized"
   | "forbidden"
   | "session_not_found"
+  | "session_lost"
   | "rate_limited"
   | "busy"
   | "payload_too_large"
@@ -336,7 +338,7 @@ export interface ParleyEventMap {
   delta: [ResponseDeltaEvent, AssistantTurn];
   completed: [ResponseCompletedEvent, AssistantTurn];
   feedback: [FeedbackRecordedEvent, AssistantTurn | null];
-  conversation: [{ reason: "snapshot" | "reset" | "new_session" | "session_not_found" | "resync" }];
+  conversation: [{ reason: "snapshot" | "reset" | "new_session" | "session_not_found" | "session_lost" | "resync" }];
   snapshot: [SessionSnapshotEvent];
   reset: [{ reason: string }];
   error: [ErrorEvent, ErrorDetails];

@@ -44,6 +44,7 @@ export const CloseCode = Object.freeze({
   SESSION_NOT_FOUND: 4004,
   HELLO_TIMEOUT: 4008,
   SLOW_CONSUMER: 4009,
+  SESSION_LOST: 4010,
   POLICY_VIOLATION: 4029,
 });
 
@@ -89,6 +90,7 @@ export const ERROR_CODES = Object.freeze([
   "unauthorized",
   "forbidden",
   "session_not_found",
+  "session_lost",
   "rate_limited",
   "busy",
   "payload_too_large",
@@ -684,15 +686,17 @@ export class ParleyClient extends EventTarget {
       this._fail(err);
       return;
     }
-    if (code === CloseCode.SESSION_NOT_FOUND) {
-      // The session expired or is unknown: start a new one, keep the unsent outbox.
+    if (code === CloseCode.SESSION_NOT_FOUND || code === CloseCode.SESSION_LOST) {
+      // The session expired, is unknown, or its state was lost by the store (session_lost, told
+      // just before by an error event): start a new one, keep the unsent outbox.
+      const why = code === CloseCode.SESSION_LOST ? "session_lost" : "session_not_found";
       this._forgetSession();
       for (const p of this._pending) {
         p.messageId = null;
         p.responseId = null;
       }
-      this._emit("conversation", { reason: "session_not_found" });
-      this._emit("reset", { reason: "session_not_found" });
+      this._emit("conversation", { reason: why });
+      this._emit("reset", { reason: why });
       this._attempt = 0;
       this._open();
       return;
