@@ -360,6 +360,7 @@ HTTP_STATUS: dict[ErrorCode, HTTPStatus] = {
     ErrorCode.UNAUTHORIZED: HTTPStatus.UNAUTHORIZED,
     ErrorCode.FORBIDDEN: HTTPStatus.FORBIDDEN,
     ErrorCode.SESSION_NOT_FOUND: HTTPStatus.NOT_FOUND,
+    ErrorCode.SESSION_LOST: HTTPStatus.GONE,  # the store lost the session: start a new one
     ErrorCode.BUSY: HTTPStatus.CONFLICT,
     ErrorCode.PAYLOAD_TOO_LARGE: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
     ErrorCode.POLICY_REFUSAL: HTTPStatus.UNPROCESSABLE_ENTITY,
