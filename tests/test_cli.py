@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from parley.sessions import STORE_SCHEMES
+
 from .support import ROOT, ServerProcess, free_port, wait_until
 
 #: The installed console script, as a user types it (falls back to the module in odd environments).
@@ -56,7 +58,7 @@ def bad_toml(tmp: Path) -> str:
 # (id, argv, env, exit code, words the one line must contain)
 BAD_INPUTS: list[tuple[str, list[str], dict[str, str], int, list[str]]] = [
     ("unknown model", ["serve", "--model", "gpt-4o"], {}, 2, ["'gpt-4o'", "openai:MODEL"]),
-    ("unknown store", ["serve", "--store", "postgres://x"], {}, 2, ["postgres://", "redis://"]),
+    ("unknown store", ["serve", "--store", "postgres://x"], {}, 2, ["postgres://", *STORE_SCHEMES]),
     ("profiles toml error", ["serve", "--profiles", "{bad_toml}"], {}, 2, ["not valid TOML", "line 1"]),
     ("missing profiles", ["serve", "--profiles", "/nonexistent/p.toml"], {}, 2, ["/nonexistent/p.toml"]),
     ("log level", ["serve"], {"PARLEY_LOG_LEVEL": "verbose"}, 2, ["PARLEY_LOG_LEVEL", "debug"]),
@@ -138,7 +140,7 @@ def test_version_and_help_show_what_a_newcomer_needs() -> None:
     assert "PARLEY_PORT" in helptext and "redis://" in helptext
 
 
-def test_token_is_accepted_by_a_server_with_the_same_secret() -> None:
+def test_token_mints_the_claims_asked_for() -> None:
     """``parley token`` mints an HS256 JWT with sub, tenant and the TTL asked for."""
     import jwt
 
