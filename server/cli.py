@@ -9,8 +9,10 @@ traceback is printed only with ``--debug`` or ``PARLEY_LOG_LEVEL=debug``.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import socket
 import sys
 import time
 import traceback
@@ -108,6 +110,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.debug:
         overrides.setdefault("log_level", "debug")
     settings = load_settings(overrides)
+    check_listen_address(settings.host, settings.port)
     logs.setup(settings)  # text at a terminal, JSON lines otherwise (PARLEY_LOG_FORMAT)
     # Built here even with --workers N (each worker then builds its own): a bad model, key, store
     # URL or profile file stops start-up once, in one line, instead of once per worker.
@@ -136,6 +139,31 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         uvicorn.run(app, **config)
     return EXIT_OK
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """Refuse, in one line, an address that cannot be listened on (uvicorn would log it after start-up)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(
+            f"cannot listen on --host {host!r} ({exc.strerror})",
+            "use an address of this machine, e.g. 127.0.0.1 or 0.0.0.0",
+        ) from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise CommandFailed(
+                    f"port {port} on {host} is already in use",
+                    "stop what listens there, or pick another --port (PARLEY_PORT)",
+                ) from None
+            raise CommandFailed(
+                f"cannot listen on {host}:{port} ({exc.strerror})", "pick another --host or --port"
+            ) from None
 
 
 # ------------------------------------------------------------------ token

@@ -8,6 +8,7 @@ import os
 import pty
 import select
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -105,6 +106,20 @@ def test_every_bad_input_is_one_line(
     assert "Traceback" not in out.stderr and out.stdout == ""
     for word in words:
         assert word in lines[0], lines[0]
+
+
+def test_a_port_in_use_is_one_line() -> None:
+    """A port another process listens on is refused in one line (exit 1) before the server starts."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = run("serve", "--port", str(port))
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.splitlines() == [
+        f"parley: port {port} on 127.0.0.1 is already in use: "
+        "stop what listens there, or pick another --port (PARLEY_PORT)"
+    ]
 
 
 @pytest.mark.parametrize("how", ["flag", "env"])
