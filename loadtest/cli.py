@@ -13,16 +13,27 @@ import asyncio
 import json
 import sys
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from .config import LoadConfig
 
 EXIT_OK, EXIT_INTEGRITY, EXIT_USAGE, EXIT_NOTHING = 0, 1, 2, 3
 
 
+HELP_HINT = "see 'parley loadtest --help'"
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line, like every ``parley`` error (``parley: <what>: <what to do>``)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"parley: {message}: {HELP_HINT}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = LoadConfig()
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="parley loadtest",
         description="Drive N concurrent sessions of T turns against a Parley server and verify every event.",
         epilog="The token pace and reply length are the server's echo settings "
@@ -79,7 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     steps.add_argument("--step-metric", choices=("auto", "delivery", "schedule_lag", "gap"), default="auto")
     out = p.add_argument_group("output")
     out.add_argument("--json", metavar="FILE", help="write every figure, the settings and the machine")
-    out.add_argument("--plot", metavar="FILE.png", help="latency over time and histograms (matplotlib)")
+    out.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="latency over time and histograms (needs matplotlib: pip install 'parley[plot]')",
+    )
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no table")
     out.add_argument("--no-uvloop", action="store_true", help="use the stock asyncio loop")
     out.add_argument("--seed", type=int, default=d.seed)
@@ -212,9 +227,17 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(args)
     problem = _validate(cfg)
     if problem:
-        parser.print_usage(sys.stderr)
-        print(f"parley loadtest: error: {problem}", file=sys.stderr)
+        print(f"parley: {problem}: {HELP_HINT}", file=sys.stderr)
         return EXIT_USAGE
+    if args.plot:
+        from .plot import missing_dependency
+
+        missing = missing_dependency()
+        if missing:  # told now, not after a run that may take minutes
+            print(
+                f"parley: --plot needs {missing}: pip install 'parley[plot]', or drop --plot", file=sys.stderr
+            )
+            return EXIT_USAGE
     from .report import print_summary
     from .runner import run_load
 

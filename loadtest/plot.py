@@ -1,7 +1,12 @@
-"""``--plot FILE.png``: latency over time and latency histograms of a run (matplotlib, headless)."""
+"""``--plot FILE.png``: latency over time and latency histograms of a run (matplotlib, headless).
+
+matplotlib is an optional extra (``pip install 'parley[plot]'``); ``missing_dependency``
+lets the CLI refuse ``--plot`` before a run instead of failing after it.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 from .stats import BIN_S, Stats
@@ -13,6 +18,15 @@ _PANELS = (
     ("schedule_lag", "lag behind pace"),
     ("resume", "resume -> caught up"),
 )
+
+
+def missing_dependency() -> str | None:
+    """``"matplotlib"`` when it cannot be imported, else None."""
+    try:
+        found = importlib.util.find_spec("matplotlib") is not None
+    except (ImportError, ValueError):  # a broken install, or sys.modules["matplotlib"] = None
+        found = False
+    return None if found else "matplotlib"
 
 
 def plot(stats: Stats, report: dict[str, Any], path: str) -> None:

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from parley.protocol.errors import Unauthorized
 
+from .config_error import ConfigError
 from .service import Principal
 from .settings import Settings
 
@@ -41,12 +42,29 @@ class Identity:
 
 
 def _load_public_key(value: str) -> RSAPublicKey:
-    text = value if "-----BEGIN" in value else Path(value).read_text()
-    key = serialization.load_pem_public_key(text.encode())
+    """The RS256 key from PEM text or a PEM file; anything else is a ``ConfigError`` (one line)."""
+    fix = "set it to a PEM public key (-----BEGIN PUBLIC KEY-----...) or the path of a PEM file"
+    if "-----BEGIN" in value:
+        text = value
+    else:
+        try:
+            text = Path(value).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise ConfigError(
+                f"PARLEY_AUTH_JWT_PUBLIC_KEY is neither PEM text nor a readable file ({reason})", fix
+            ) from None
+    try:
+        key = serialization.load_pem_public_key(text.encode())
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"PARLEY_AUTH_JWT_PUBLIC_KEY is not a PEM public key ({exc})", fix) from None
     if not isinstance(key, RSAPublicKey):
-        raise ValueError("PARLEY_AUTH_JWT_PUBLIC_KEY must be an RSA public key (RS256)")
+        raise ConfigError("PARLEY_AUTH_JWT_PUBLIC_KEY is not an RSA key", "RS256 needs an RSA public key")
     if key.key_size < MIN_RSA_BITS:
-        raise ValueError(f"PARLEY_AUTH_JWT_PUBLIC_KEY must be at least {MIN_RSA_BITS} bits")
+        raise ConfigError(
+            f"PARLEY_AUTH_JWT_PUBLIC_KEY is a {key.key_size}-bit RSA key",
+            f"use a key of at least {MIN_RSA_BITS} bits",
+        )
     return key
 
 

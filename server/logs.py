@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 import time
 from contextvars import ContextVar
 from typing import Any
@@ -98,12 +99,25 @@ class TextFormatter(logging.Formatter):
         return redact(f"{line} {ids}" if ids else line)
 
 
+def log_format(settings: Settings, stream: Any = None) -> str:
+    """``json`` or ``text``: ``auto`` means text for a person at a terminal, JSON lines for a collector."""
+    if settings.log_format != "auto":
+        return settings.log_format
+    stream = sys.stderr if stream is None else stream
+    try:
+        return "text" if stream.isatty() else "json"
+    except (AttributeError, ValueError):  # no stream, or a closed one
+        return "json"
+
+
 def logging_config(settings: Settings) -> dict[str, Any]:
     """A ``logging.config.dictConfig`` for ``parley serve`` (uvicorn applies it in every worker)."""
     level = settings.log_level.upper()
+    if level == "TRACE":  # uvicorn's extra level below DEBUG
+        level = "DEBUG" if "TRACE" not in logging.getLevelNamesMapping() else level
     formatter = (
         "parley.server.logs.JsonFormatter"
-        if settings.log_format == "json"
+        if log_format(settings) == "json"
         else "parley.server.logs.TextFormatter"
     )
     return {

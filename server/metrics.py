@@ -1,5 +1,9 @@
 """Prometheus metrics, every name prefixed ``parley_``; one registry per app (so tests can run many).
 
+Besides Parley's own: ``parley_build_info{version, protocol}``, and the standard
+``process_*`` (CPU, memory, file descriptors, start time) and ``python_info``.
+The exposition is checked by ``promtool check metrics`` (tests/test_metrics_promtool.py).
+
 Model timings are taken by wrapping each provider (``MeteredProvider``): time to
 first token and the gap between tokens are measured where the tokens arrive,
 without touching the generation runner. Store latency is taken by wrapping the
@@ -18,12 +22,21 @@ from bisect import bisect_left
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.utils import floatToGoString
 
 from parley.protocol.errors import ParleyError
+from parley.protocol.messages import PROTOCOL_VERSION
 
 from .providers.base import ModelProvider, ModelRequest, ProviderEvent, TextDelta, UsageReport
 
@@ -82,11 +95,25 @@ class LoopHistogram:
         yield HistogramMetricFamily(self.name, self.documentation, labels=[self.label])
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("parley")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 class Metrics:
     """All of Parley's metrics for one app instance."""
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        # process_* (CPU, memory, open fds, start time) and python_info: what every dashboard expects
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self.build = Info("parley_build", "The running Parley: version and protocol", registry=r)
+        self.build.info({"version": _version(), "protocol": PROTOCOL_VERSION})
         self.connections = Gauge("parley_connections", "Open WebSocket connections", registry=r)
         self.connections_opened = Counter(
             "parley_connections_opened", "WebSocket connections accepted", registry=r

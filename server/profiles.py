@@ -37,6 +37,7 @@ from typing import Any
 
 from parley.protocol.errors import InvalidMessage
 
+from .config_error import ConfigError
 from .providers.base import ChatMessage, Profile
 from .tools.registry import PATH_PATTERN
 
@@ -87,16 +88,24 @@ def count_tokens(text: str) -> int:
 
 
 def load_profiles(path: str | Path) -> ProfileSet:
-    """Read and validate a profile file; any problem is a ``ValueError`` naming the profile and field."""
+    """Read and validate a profile file; any problem is a ``ConfigError`` naming the file (and the
+    profile and field), told by ``parley serve`` in one line."""
     path = Path(path)
+    fix = "fix the file (the format is in docs/providers.md), or leave out --profiles"
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
     except OSError as exc:
-        raise ValueError(f"cannot read profile file {str(path)!r}: {exc.strerror or exc}") from exc
+        raise ConfigError(
+            f"cannot read profile file {str(path)!r}: {exc.strerror or exc}",
+            "check the path given to --profiles (PARLEY_PROFILES)",
+        ) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"profile file {str(path)!r} is not valid TOML: {exc}") from exc
-    return parse_profiles(data, source=str(path))
+        raise ConfigError(f"profile file {str(path)!r} is not valid TOML ({exc})", fix) from None
+    try:
+        return parse_profiles(data, source=str(path))
+    except ValueError as exc:
+        raise ConfigError(str(exc), fix) from None
 
 
 def parse_profiles(data: dict[str, Any], source: str = "<profiles>") -> ProfileSet:

@@ -10,6 +10,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from parley.sessions import keys
 
+#: Accepted ``log_level`` values (uvicorn's names; ``trace`` is uvicorn's most verbose).
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
 
 class Settings(BaseSettings):
     """Built once at start-up (CLI flags override the environment) and passed down explicitly."""
@@ -18,9 +21,9 @@ class Settings(BaseSettings):
 
     # serving
     host: str = "127.0.0.1"
-    port: int = 8000
-    workers: int = 1
-    store: str = "memory://"
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1)  # > 1 needs a shared store (Redis): see _check_workers
+    store: str = "memory://"  # memory:// or a Redis URL (sessions.STORE_SCHEMES)
     model: str = "echo"  # "echo" or "openai:<model>": a one-profile default
     profiles: str | None = None  # TOML file of profiles (see docs/providers.md)
 
@@ -90,9 +93,9 @@ class Settings(BaseSettings):
     frames_per_minute: int = Field(600, ge=0)  # per connection, every frame after hello (always on)
     abuse_strikes: int = Field(10, ge=1)  # rate_limited answers within a minute before close 4029
 
-    # logging
-    log_format: Literal["json", "text"] = "json"
-    log_level: str = "info"
+    # logging: "auto" is text for a person at a terminal (stderr is a TTY), JSON lines otherwise
+    log_format: Literal["auto", "json", "text"] = "auto"
+    log_level: str = "info"  # one of LOG_LEVELS
 
     # webhooks of async jobs (server/webhooks.py, docs/security.md "Webhooks"): signed as Standard
     # Webhooks says, retried with backoff, sent only to the hosts listed here
@@ -116,19 +119,70 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: str | None) -> str | None:
         return value or None
 
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.strip().lower()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return level
+
+    @field_validator("store")
+    @classmethod
+    def _known_store(cls, value: str) -> str:
+        """Only the scheme is checked here (and echoed: the rest of a URL may hold a password)."""
+        from parley.sessions import STORE_SCHEMES
+
+        if not value.startswith(STORE_SCHEMES):
+            scheme = value.partition("://")[0] + "://" if "://" in value else repr(value[:20])
+            raise ValueError(
+                f"{scheme} is not a store: use {' or '.join(STORE_SCHEMES)} (e.g. redis://HOST:6379/0)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_model(self) -> Settings:
+        """``--model`` is only read without ``--profiles``; a bad one stops start-up, not the first turn."""
+        if self.profiles is None:
+            from .profiles import default_profile
+
+            try:
+                default_profile(self.model)
+            except ValueError:
+                raise ValueError(
+                    f"--model {self.model!r} is not a model: use echo or openai:MODEL "
+                    "(e.g. openai:gpt-4o-mini), or --profiles FILE"
+                ) from None
+        return self
+
+    @model_validator(mode="after")
+    def _check_workers(self) -> Settings:
+        """Each worker is a separate process: with a memory store a session exists in one of them only,
+        so resumes that land on another worker fail (session_not_found)."""
+        if self.workers > 1 and self.store.startswith("memory://"):
+            raise ValueError(
+                f"--workers {self.workers} needs a shared store, but the store is memory:// (one per "
+                "process; resumes would fail): pass --store redis://HOST:6379/0, or run one worker"
+            )
+        return self
+
     @model_validator(mode="after")
     def _check_auth(self) -> Settings:
         """Refuse weak or ambiguous auth configuration at start-up, never at the first request."""
         if self.auth_jwt_secret is not None and self.auth_jwt_public_key is not None:
             raise ValueError(
-                "set PARLEY_AUTH_JWT_SECRET (HS256) or PARLEY_AUTH_JWT_PUBLIC_KEY (RS256), not both"
+                "PARLEY_AUTH_JWT_SECRET and PARLEY_AUTH_JWT_PUBLIC_KEY are both set: "
+                "set one (HS256 or RS256), not both"
             )
         if self.auth_jwt_secret is not None and len(self.auth_jwt_secret.encode()) < 32:
-            raise ValueError("PARLEY_AUTH_JWT_SECRET must be at least 32 bytes (HS256)")
+            raise ValueError(
+                "PARLEY_AUTH_JWT_SECRET is too short for HS256: use at least 32 bytes, e.g. the output of "
+                "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
         if self.admin_token is not None and len(self.admin_token) < 32:
-            raise ValueError("PARLEY_ADMIN_TOKEN must be at least 32 characters")
+            raise ValueError("PARLEY_ADMIN_TOKEN is too short: use at least 32 characters")
         if self.metrics_token is not None and len(self.metrics_token) < 16:
-            raise ValueError("PARLEY_METRICS_TOKEN must be at least 16 characters")
+            raise ValueError("PARLEY_METRICS_TOKEN is too short: use at least 16 characters")
         return self
 
     @property

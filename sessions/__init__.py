@@ -8,6 +8,9 @@ from .fanout import Fanout, Listener, Subscriber
 from .store import AcceptResult, DeltaWrite, LogEntry, SessionRecord, SessionStore, Snapshot
 from .tail import LogGap, SlowConsumer, fresh, replay, tail
 
+#: Every store URL scheme ``open_store`` accepts (Redis over TCP, TLS, a Unix socket, or a Cluster).
+STORE_SCHEMES = ("memory://", "redis://", "rediss://", "unix://", "redis+cluster://")
+
 
 def open_store(url: str, **limits: Any) -> SessionStore:
     """A store chosen by URL: ``memory://``, ``redis://host:port/db`` or ``redis+cluster://seed:port``."""
@@ -15,14 +18,16 @@ def open_store(url: str, **limits: Any) -> SessionStore:
         from .memory import MemoryStore
 
         return MemoryStore(**limits)
-    if url.startswith(("redis://", "rediss://", "unix://", "redis+cluster://")):
+    if url.startswith(STORE_SCHEMES):
         from .redis_store import RedisStore
 
         return RedisStore(url, **limits)
-    raise ValueError(f"unsupported store URL {url!r}: use memory:// or redis://HOST:PORT/DB")
+    scheme = url.partition("://")[0] + "://" if "://" in url else repr(url[:20])
+    raise ValueError(f"unsupported store URL {scheme}: use {', '.join(STORE_SCHEMES)}")
 
 
 __all__ = [
+    "STORE_SCHEMES",
     "AcceptResult",
     "DeltaWrite",
     "Fanout",

@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,10 @@ async def test_metrics_are_exposed_and_move(server: Any, store_kind: str) -> Non
     def moved(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
-    assert all(name.startswith("parley_") for name, _ in after)
+    # Parley's own metrics are parley_*; the standard process_* and python_info come from the client library
+    assert all(name.startswith(("parley_", "process_", "python_info")) for name, _ in after)
+    assert value(after, "parley_build_info", version=version("parley"), protocol="parley.v1") == 1
+    assert value(after, "process_resident_memory_bytes") > 0
     assert value(during, "parley_connections") >= 1
     assert moved("parley_connections_opened_total") >= 3
     assert moved("parley_sessions_created_total") == 1

@@ -20,6 +20,7 @@ from parley.protocol.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from parley.server.config_error import ConfigError
 from parley.server.providers.base import ChatMessage, Finish, ModelRequest, Profile, TextDelta, UsageReport
 from parley.server.providers.openai import OpenAIProvider, openai_response_format, parse_retry_after
 from tests.fake_openai import SECRET, FakeOpenAI, Reply, blackhole_listener
@@ -603,7 +604,7 @@ def test_missing_api_key_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> No
     """Without any API key the provider refuses to start, naming OPENAI_API_KEY."""
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_ADMIN_KEY", raising=False)
-    with pytest.raises(ValueError, match="OPENAI_API_KEY"):
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
         OpenAIProvider(base_url="http://127.0.0.1:9/v1")
 
 

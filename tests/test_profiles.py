@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from parley.protocol.errors import ErrorCode, InvalidMessage
+from parley.server.config_error import ConfigError
 from parley.server.profiles import (
     ProfileSet,
     build_context,
@@ -109,13 +110,13 @@ def test_single_profile_is_the_default(tmp_path: Path) -> None:
 def test_default_required_with_several_profiles(tmp_path: Path) -> None:
     """Several profiles without ``default`` is an error that says so."""
     text = '[profiles.a]\nprovider = "echo"\n[profiles.b]\nprovider = "echo"\n'
-    with pytest.raises(ValueError, match="'default'"):
+    with pytest.raises(ConfigError, match="'default'"):
         load_profiles(write(tmp_path, text))
 
 
 def test_default_must_name_a_profile(tmp_path: Path) -> None:
     """A ``default`` naming no profile is an error naming the bad value."""
-    with pytest.raises(ValueError, match="'nope'"):
+    with pytest.raises(ConfigError, match="'nope'"):
         load_profiles(write(tmp_path, 'default = "nope"\n[profiles.a]\nprovider = "echo"\n'))
 
 
@@ -138,8 +139,8 @@ def test_default_must_name_a_profile(tmp_path: Path) -> None:
     ],
 )
 def test_validation_errors_name_profile_and_field(tmp_path: Path, table: str, field: str) -> None:
-    """Every invalid field is a ValueError naming the profile and the field."""
-    with pytest.raises(ValueError) as info:
+    """Every invalid field is a ConfigError naming the profile and the field."""
+    with pytest.raises(ConfigError) as info:
         load_profiles(write(tmp_path, f"[profiles.bad]\n{table}\n"))
     message = str(info.value)
     assert "'bad'" in message
@@ -147,15 +148,15 @@ def test_validation_errors_name_profile_and_field(tmp_path: Path, table: str, fi
 
 
 def test_invalid_toml_is_a_clear_error(tmp_path: Path) -> None:
-    """A file that is not TOML raises ValueError naming the file."""
+    """A file that is not TOML raises ConfigError naming the file."""
     path = write(tmp_path, "[profiles.a\n")
-    with pytest.raises(ValueError, match="not valid TOML"):
+    with pytest.raises(ConfigError, match="not valid TOML"):
         load_profiles(path)
 
 
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
-    """A missing profile file raises ValueError naming the path."""
-    with pytest.raises(ValueError, match="cannot read profile file"):
+    """A missing profile file raises ConfigError naming the path."""
+    with pytest.raises(ConfigError, match="cannot read profile file"):
         load_profiles(tmp_path / "absent.toml")
 
 

@@ -22,6 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from parley.client import ParleyClient, ParleyClosed
 from parley.server.auth import Authenticator
+from parley.server.config_error import ConfigError
 from parley.server.settings import Settings
 
 from .support import ROOT, live_server, reference_reply
@@ -211,7 +212,7 @@ def test_weak_or_ambiguous_auth_settings_are_refused_at_startup() -> None:
         Settings(auth_jwt_secret=SECRET, auth_jwt_public_key=public_pem(rsa_key()))
     with pytest.raises(ValidationError):
         Settings(auth_leeway_s=31)
-    with pytest.raises(ValueError, match="2048"):
+    with pytest.raises(ConfigError, match="2048"):
         Authenticator(Settings(auth_jwt_public_key=public_pem(rsa_key(1024))))
     out = subprocess.run(
         [sys.executable, "-m", "parley.server.cli", "serve"],

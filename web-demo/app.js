@@ -13,7 +13,55 @@ const wsUrl = (() => {
   return u.href;
 })();
 
-const client = new ParleyClient({ url: wsUrl, metadata: { client: "web-demo" } });
+// ------------------------------------------------------------ sign-in token
+// With auth on, the server wants a JWT in hello.token. The page takes one from its URL
+// (`/#token=...`, removed from the address bar at once) or from the sign-in field that
+// appears when the server says "unauthorized"; it is kept for this tab only.
+const TOKEN_KEY = "parley:demo-token";
+let token = null;
+let needSignIn = false; // the server refused our token (or the lack of one): wait for a new one
+let tokenWaiter = null; // resolves the client's pending token request after a sign-in
+
+function takeTokenFromUrl() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  const t = params.get("token");
+  if (!t) return null;
+  params.delete("token");
+  const rest = params.toString();
+  history.replaceState(null, "", location.pathname + location.search + (rest ? `#${rest}` : ""));
+  return t.trim() || null;
+}
+
+function storedToken() {
+  try {
+    return sessionStorage.getItem(TOKEN_KEY);
+  } catch {
+    return null;
+  }
+}
+
+function rememberToken(t) {
+  token = t;
+  try {
+    if (t) sessionStorage.setItem(TOKEN_KEY, t);
+    else sessionStorage.removeItem(TOKEN_KEY);
+  } catch {
+    /* storage unavailable: the token lives in this page only */
+  }
+}
+
+rememberToken(takeTokenFromUrl() || storedToken());
+
+// Asked before every connection attempt. Without auth a null token is fine; once the server
+// refused, the next attempt waits here until the user signs in (no pointless reconnect loop).
+function tokenProvider() {
+  if (!needSignIn) return token;
+  return new Promise((resolve) => {
+    tokenWaiter = resolve;
+  });
+}
+
+const client = new ParleyClient({ url: wsUrl, token: tokenProvider, metadata: { client: "web-demo" } });
 // Handy for debugging and for tests (window.parley.status, .turns, .stats).
 window.parley = client;
 
@@ -30,6 +78,8 @@ const els = {
   send: $("#send"),
   stop: $("#stop"),
   newChat: $("#new-chat"),
+  signin: $("#signin"),
+  signinToken: $("#signin-token"),
   tplUser: $("#tpl-user"),
   tplAssistant: $("#tpl-assistant"),
 };
@@ -46,7 +96,7 @@ const ERROR_TEXT = {
   policy_refusal: "The assistant cannot help with that request.",
   schema_validation_failed: "The reply did not come back in the expected format.",
   invalid_message: "The server could not accept that request.",
-  unauthorized: "You are not signed in, or your sign-in has expired. Reload the page to sign in again.",
+  unauthorized: "You are not signed in, or your sign-in has expired. Paste a token below to sign in.",
   forbidden: "You do not have access to this conversation.",
   session_not_found: "Your previous conversation has expired, so a new one was started.",
   unsupported_version: "This page is out of date. Reload it to continue.",
@@ -64,6 +114,8 @@ const FINISH_BADGE = {
   content_filter: "Withheld by the content filter",
   error: "The reply failed",
 };
+
+const FAILED_FINISH = new Set(["error", "interrupted"]);
 
 const FINISH_STATE = {
   stop: "done",
@@ -154,6 +206,11 @@ function renderStatus(st) {
     default:
       text = st.state;
   }
+  if (needSignIn && st.state !== "connected") {
+    stopCountdown(els.statusText);
+    state = "signin";
+    text = "Not signed in";
+  }
   els.status.dataset.state = state;
   if (text !== null) els.statusText.textContent = text;
   updateControls();
@@ -175,16 +232,21 @@ function keepScrolled(fn) {
   if (stick) els.log.scrollTop = els.log.scrollHeight;
 }
 
-function appendNode(el) {
+// The log shows the conversation in its log order, then the messages still waiting to be sent
+// (offline, or while the server is down). A turn that arrives goes before the first waiting
+// message, so You1, Reply1, You2, Reply2 reads the same now as after a reload.
+function appendNode(el, pending = false) {
   els.empty.hidden = true;
-  els.log.append(el);
+  const firstWaiting = pending ? null : els.log.querySelector('.msg.user[data-state="pending"]');
+  if (firstWaiting && firstWaiting !== el) els.log.insertBefore(el, firstWaiting);
+  else els.log.append(el);
 }
 
 function userNode(turn) {
   let el = nodes.get(turn.id) || (turn.clientMsgId && nodes.get(turn.clientMsgId));
   if (!el) {
     el = els.tplUser.content.firstElementChild.cloneNode(true);
-    appendNode(el);
+    appendNode(el, !!turn.pending);
   }
   nodes.set(turn.id, el);
   el.dataset.id = turn.id;
@@ -230,6 +292,10 @@ function assistantNode(turn) {
 
   $(".actions", el).hidden = !done;
   $(".retry", el).hidden = !(done && (turn.finishReason === "interrupted" || turn.error?.retryable));
+  // a reply that failed is not something to rate: offer Retry, not thumbs
+  const failed = done && FAILED_FINISH.has(turn.finishReason);
+  $(".feedback", el).hidden = failed;
+  if (failed) $(".comment", el).hidden = true;
 
   const rating = turn.rating ?? null;
   $(".fb.up", el).setAttribute("aria-pressed", String(rating === "up"));
@@ -329,6 +395,28 @@ function updateControls() {
   els.composer.disabled = failed;
 }
 
+// "Too long" says the limit and gives the text back, so the user can shorten it.
+function tooLongText(err, text) {
+  const limit = /(\d+) (characters|bytes)/.exec(err.message || "");
+  const size = limit && limit[2] === "bytes" ? new TextEncoder().encode(text).length : text.length;
+  const unit = limit ? limit[2] : "characters";
+  const fmt = (n) => Number(n).toLocaleString("en");
+  const what = limit ? `the limit is ${fmt(limit[1])} ${unit}, this one has ${fmt(size)}` : err.message;
+  return `That message is too long to send: ${what}. Shorten it and send again.`;
+}
+
+function giveBack(id, text, err) {
+  const el = id && nodes.get(id);
+  if (el) {
+    el.remove();
+    nodes.delete(id);
+  }
+  els.empty.hidden = nodes.size > 0;
+  if (!els.composer.value) els.composer.value = text; // never overwrite what was typed since
+  showNotice(tooLongText(err, text));
+  els.composer.focus();
+}
+
 function sendText(text) {
   hideNotice();
   const promise = client.send(text);
@@ -338,6 +426,10 @@ function sendText(text) {
   }
   els.log.scrollTop = els.log.scrollHeight; // the sender wants to see the answer: follow it
   promise.catch((err) => {
+    if (err.code === "payload_too_large") {
+      giveBack(id, text, err);
+      return;
+    }
     const el = id && nodes.get(id);
     if (el && el.dataset.state === "pending") {
       el.dataset.state = "failed";
@@ -383,6 +475,36 @@ els.newChat.addEventListener("click", () => {
   els.composer.focus();
 });
 
+// ------------------------------------------------------------ sign-in
+
+function askForSignIn() {
+  needSignIn = true;
+  rememberToken(null);
+  els.signin.hidden = false;
+  renderStatus(client.status);
+  els.signinToken.focus();
+}
+
+els.signin.addEventListener("submit", (e) => {
+  e.preventDefault();
+  const t = els.signinToken.value.trim();
+  if (!t) return;
+  els.signinToken.value = "";
+  rememberToken(t);
+  needSignIn = false;
+  els.signin.hidden = true;
+  hideNotice();
+  if (tokenWaiter) {
+    const resolve = tokenWaiter;
+    tokenWaiter = null;
+    resolve(t); // the client's connection attempt was waiting for this
+  } else {
+    client.close(); // waiting out a backoff: connect now instead
+    client.connect().catch(() => {});
+  }
+  els.composer.focus();
+});
+
 // ------------------------------------------------------------ client events
 
 client.on("status", (st) => {
@@ -399,6 +521,7 @@ client.on("completed", (_ev, turn) => renderTurn(turn));
 client.on("feedback", (_ev, turn) => turn && renderTurn(turn));
 client.on("reset", () => showNotice(humanError("session_not_found"), { kind: "info" }));
 client.on("error", (ev, info = {}) => {
+  if (ev.code === "unauthorized") askForSignIn();
   if (info.fatal) return; // shown in the status line
   const text = humanError(ev.code, ev.message);
   if (info.willRetry && info.retryAt) showNotice(text, { retryAt: info.retryAt, kind: "connection" });

@@ -70,6 +70,7 @@ from parley.protocol.errors import (
     UpstreamUnavailable,
 )
 
+from ..config_error import ConfigError
 from ..profiles import RESERVED_PARAMS
 from .base import (
     ChatMessage,
@@ -346,11 +347,11 @@ class OpenAIProvider:
                 timeout=timeout,
                 default_headers=default_headers,
             )
-        except openai.OpenAIError as exc:
-            raise ValueError(
-                "the openai provider needs an API key: set OPENAI_API_KEY (any value for local "
-                "servers such as vLLM or Ollama)"
-            ) from exc
+        except openai.OpenAIError:
+            raise ConfigError(
+                "the openai provider needs an API key",
+                "set OPENAI_API_KEY (any value for local servers such as vLLM or Ollama)",
+            ) from None
 
     @property
     def base_url(self) -> str:
