@@ -628,7 +628,7 @@ _COMMON_ERRORS = (
     HTTPStatus.INTERNAL_SERVER_ERROR,
     HTTPStatus.SERVICE_UNAVAILABLE,
 )
-_SESSION_ERRORS = (HTTPStatus.BAD_REQUEST, HTTPStatus.NOT_FOUND, *_COMMON_ERRORS)
+_SESSION_ERRORS = (HTTPStatus.BAD_REQUEST, HTTPStatus.NOT_FOUND, HTTPStatus.GONE, *_COMMON_ERRORS)
 
 
 def _param(name: str, where: str, description: str, schema: dict[str, Any], required: bool = False) -> Any:
