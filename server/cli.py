@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import logging
 import os
 import socket
 import sys
@@ -315,6 +316,10 @@ def _rows_from_store(
         store = open_store(store_url)
     except ValueError as exc:
         raise ConfigError(str(exc), "check --store (PARLEY_STORE)") from None
+    if not getattr(args, "debug", False):
+        # a one-shot command says what failed in its own one line; the store's outage warnings
+        # (meant for a long-running server's log) would only repeat it
+        logging.getLogger("parley").setLevel(logging.ERROR)
 
     async def run() -> list[dict[str, Any]]:
         try:
