@@ -20,7 +20,6 @@ import logging
 import time
 import uuid
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.types import Receive, Scope, Send
@@ -55,6 +54,7 @@ from parley.sessions.keys import REPLAY_CHUNK
 
 from . import logs
 from .auth import Authenticator, Identity
+from .handshake import credential_in_url, header, origin_allowed
 from .inline import Direct, direct_transport, send_now, writable, write_some
 from .metrics import Metrics
 from .ratelimit import Limiter, Refusal
@@ -63,8 +63,6 @@ from .settings import Settings
 
 log = logging.getLogger("parley.ws")
 
-#: Query parameters that would carry a credential: a handshake naming any of them is refused.
-TOKEN_PARAMS = frozenset({"token", "access_token", "id_token", "jwt", "auth", "authorization", "bearer"})
 #: How long the close handshake may take before the connection is abandoned to the server.
 CLOSE_TIMEOUT_S = 2.0
 #: A reader whose store reads fail retries this often, for up to this long, before closing (1001).
@@ -111,32 +109,6 @@ def refusal_error(refusal: Refusal, ref: dict[str, Any] | None = None) -> RateLi
         retry_after_ms=refusal.retry_after_ms,
         ref=ref,
     )
-
-
-def header(ws: WebSocket, name: bytes) -> str | None:
-    """A request header, read from the ASGI scope: ``ws.headers`` would keep a parsed copy per socket."""
-    for key, value in ws.scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
-
-
-def query_names(ws: WebSocket) -> list[str]:
-    """The query string's parameter names, without keeping a parsed copy per socket."""
-    return [name for name, _ in parse_qsl(ws.scope.get("query_string", b"").decode("latin-1"), True)]
-
-
-def origin_allowed(ws: WebSocket, settings: Settings) -> bool:
-    """No Origin (non-browser client), the server's own origin, or one listed in settings."""
-    origin = header(ws, b"origin")
-    if origin is None:
-        return True
-    origin = origin.rstrip("/")
-    if origin in settings.allowed_origin_list:
-        return True
-    parts = urlsplit(origin)
-    host = header(ws, b"host") or ""
-    return parts.scheme in ("http", "https") and bool(parts.netloc) and parts.netloc == host
 
 
 def trace_id_from(metadata: dict[str, Any], traceparent: str | None) -> str:
@@ -722,7 +694,7 @@ async def websocket_endpoint(scope: Scope, receive: Receive, send: Send) -> None
     ws = WebSocket(scope, receive, send)
     state = ws.app.state.parley
     settings: Settings = state.settings
-    if any(name.lower() in TOKEN_PARAMS for name in query_names(ws)):
+    if credential_in_url(ws):
         # refused even with auth off: a URL ends up in proxy, browser and server logs
         state.metrics.auth_failures.inc()
         body = error_event(
