@@ -7,19 +7,18 @@ from typing import Any
 from .fanout import Fanout, Listener, Subscriber
 from .store import AcceptResult, DeltaWrite, LogEntry, SessionRecord, SessionStore, Snapshot
 from .tail import LogGap, SlowConsumer, fresh, replay, tail
+from .url import StoreKind, StoreUrl, UnsupportedStoreUrl, parse_store_url
 
 
 def open_store(url: str, **limits: Any) -> SessionStore:
-    """A store chosen by URL: ``memory://``, ``redis://host:port/db`` or ``redis+cluster://seed:port``."""
-    if url.startswith("memory://"):
+    """A store chosen by URL (``sessions/url.py``); ``UnsupportedStoreUrl`` for anything else."""
+    if parse_store_url(url).kind is StoreKind.MEMORY:
         from .memory import MemoryStore
 
         return MemoryStore(**limits)
-    if url.startswith(("redis://", "rediss://", "unix://", "redis+cluster://")):
-        from .redis_store import RedisStore
+    from .redis_store import RedisStore
 
-        return RedisStore(url, **limits)
-    raise ValueError(f"unsupported store URL {url!r}: use memory:// or redis://HOST:PORT/DB")
+    return RedisStore(url, **limits)
 
 
 __all__ = [
@@ -33,9 +32,13 @@ __all__ = [
     "SessionStore",
     "SlowConsumer",
     "Snapshot",
+    "StoreKind",
+    "StoreUrl",
     "Subscriber",
+    "UnsupportedStoreUrl",
     "fresh",
     "open_store",
+    "parse_store_url",
     "replay",
     "tail",
 ]

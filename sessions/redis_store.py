@@ -41,6 +41,7 @@ from .store import (
     SessionRecord,
     Snapshot,
 )
+from .url import StoreKind, parse_store_url
 
 log = logging.getLogger("parley.redis")
 
@@ -48,8 +49,6 @@ P = ParamSpec("P")
 T = TypeVar("T")
 Item = TypeVar("Item")
 
-#: URL scheme selecting Redis Cluster mode: ``redis+cluster://seed-host:port``.
-CLUSTER_SCHEME = "redis+cluster://"
 #: What a client is told to wait before retrying while Redis is unreachable.
 OUTAGE_RETRY_AFTER_MS = 1000
 #: Redis connections per process: enough for bursts of hellos; more would only queue inside Redis.
@@ -106,11 +105,12 @@ class RedisStore:
             socket_connect_timeout=CONNECT_TIMEOUT_S,
             driver_info=DRIVER_INFO,
         )
-        self.cluster = url.startswith(CLUSTER_SCHEME)
+        parsed = parse_store_url(url)
+        self.cluster = parsed.kind is StoreKind.CLUSTER
         if self.cluster:
             # every key of a session shares its {hash tag}, so each script runs on one node;
             # classic PUBLISH is broadcast cluster-wide, so pub/sub uses one plain connection to a seed node
-            plain = "redis://" + url[len(CLUSTER_SCHEME) :]
+            plain = parsed.redis_url
             self._r: Any = RedisCluster.from_url(plain, **options)
             self._ps_client: Any = aioredis.Redis.from_url(plain, **options)
         else:
