@@ -50,7 +50,7 @@ class WebSocketFirst:
 
     Routed the usual way, a router and two exception wrappers would sit between every
     frame and the socket (none of them acts on a WebSocket), and they would hide the
-    transport that ``server/inline.py`` writes frames to.
+    transport that ``server/fastpath/uvicorn_ws.py`` writes frames to.
     """
 
     def __init__(self, app: ASGIApp, path: str, endpoint: ASGIApp) -> None:
@@ -64,10 +64,12 @@ class WebSocketFirst:
         return path[len(root) :] if root and path.startswith(root) else path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket" and self._route_path(scope) == self.path:
-            await self.endpoint(scope, receive, send)
-        else:
+        if scope["type"] != "websocket":
             await self.app(scope, receive, send)
+        elif self._route_path(scope) == self.path:
+            await self.endpoint(scope, receive, send)
+        else:  # no other WebSocket here: refused before the upgrade (HTTP 403), whatever Starlette does
+            await send({"type": "websocket.close", "code": 1008})
 
 
 def bearer_ok(request: Request, secret: str) -> bool:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from parley.sessions import StoreKind, keys, parse_store_url
-from parley.sessions.redis_wire import DRIVER_INFO
+from parley.sessions.fastpath import client_options
 
 from .service import Principal
 from .settings import Settings
@@ -350,7 +350,7 @@ class RedisLimiter:
 
         self.limits = limits
         options: dict[str, Any] = dict(
-            decode_responses=True, socket_timeout=2.0, socket_connect_timeout=1.0, driver_info=DRIVER_INFO
+            decode_responses=True, socket_timeout=2.0, socket_connect_timeout=1.0, **client_options()
         )
         parsed = parse_store_url(url)
         self.cluster = parsed.kind is StoreKind.CLUSTER

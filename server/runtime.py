@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from parley.sessions import SessionStore, UnsupportedStoreUrl, keys, open_store, parse_store_url
 
+from . import fastpath
 from .auth import build_authenticator
 from .config_error import ConfigError
 from .core import Admission, Handler, Handlers
@@ -109,6 +110,7 @@ class Runtime:
     # --------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
+        fastpath.check()  # one warning if a speed trick is off (a library outside its tested range)
         await self.store.start()
         self.generations.start()
         self._tasks.append(asyncio.create_task(self._tend_connections(), name="parley-connection-ticker"))

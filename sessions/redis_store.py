@@ -29,8 +29,8 @@ from parley.protocol.errors import InternalError, UpstreamUnavailable
 
 from . import keys, redis_lua
 from .fanout import Fanout, Subscriber
+from .fastpath import client_options, with_hiredis_packing
 from .redis_mux import Multiplexed
-from .redis_wire import DRIVER_INFO, with_hiredis_packing
 from .store import (
     AcceptResult,
     CancelOutcome,
@@ -103,7 +103,7 @@ class RedisStore:
             decode_responses=True,
             socket_timeout=SOCKET_TIMEOUT_S,
             socket_connect_timeout=CONNECT_TIMEOUT_S,
-            driver_info=DRIVER_INFO,
+            **client_options(),
         )
         parsed = parse_store_url(url)
         self.cluster = parsed.kind is StoreKind.CLUSTER

@@ -1,4 +1,4 @@
-"""Frames written straight into uvicorn's transport (server/inline.py): byte-exact, and only when allowed."""
+"""Frames written straight into uvicorn's transport (server/fastpath/): byte-exact, and only when allowed."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from websockets.asyncio.client import connect
 from websockets.frames import Frame, Opcode
 
 from parley.client import ParleyClient
-from parley.server.inline import text_frame
+from parley.server.fastpath.uvicorn_ws import text_frame
 
 from .support import live_server, reference_reply
 

@@ -33,8 +33,8 @@ from parley.protocol.messages import Hello
 
 from ..core import Dispatcher, SessionReader, SinkClosed, SlowPeer, WriteDeadline
 from ..core.admission import Ticket
+from ..fastpath.uvicorn_ws import INLINE, Direct, direct_transport, send_now, writable, write_some
 from ..handshake import credential_in_url, header, origin_allowed
-from ..inline import Direct, direct_transport, send_now, writable, write_some
 from ..service import Principal
 
 if TYPE_CHECKING:
@@ -84,7 +84,8 @@ class WebSocketConnection:
             abuse_strikes=settings.abuse_strikes,
             metrics=runtime.metrics,
         )
-        self._backlog: tuple[Any, Sequence[str]] | None = None  # a pushed-back write and the frames after it
+        # taken frames not written yet: a pushed-back write (or None) and the frames after it
+        self._backlog: tuple[Any, Sequence[str]] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._main: asyncio.Task[Any] | None = None
         self._abandoned = False
@@ -129,6 +130,11 @@ class WebSocketConnection:
         try:
             while i < len(frames) and writable(direct):  # many frames in one transport write
                 i = write_some(direct, frames, i)
+            if i < len(frames) and not INLINE.on:  # the ordinary path: the reader's task writes them
+                if i == 0:
+                    return False
+                self._backlog = (None, frames[i:])
+                return True
             while i < len(frames):  # uvicorn's send, run inline: it suspends only on push-back
                 pending = send_now(self.ws, None, frames[i])
                 i += 1
@@ -143,7 +149,8 @@ class WebSocketConnection:
         try:
             if self._backlog is not None:
                 (pending, rest), self._backlog = self._backlog, None
-                await self.deadline.run(pending)
+                if pending is not None:
+                    await self.deadline.run(pending)
                 if rest:
                     frames = [*rest, *frames]
             i = 0
@@ -158,7 +165,8 @@ class WebSocketConnection:
 
     def discard(self) -> None:
         if self._backlog is not None:
-            self._backlog[0].close()
+            if self._backlog[0] is not None:
+                self._backlog[0].close()
             self._backlog = None
 
     async def close(self, code: int, reason: str = "", *, wait: float | None = None) -> None:
