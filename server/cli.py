@@ -112,10 +112,10 @@ def _feedback_export(args: argparse.Namespace) -> int:
                     if line.strip():
                         emit(json.loads(line))
         else:
-            from parley.sessions import open_store
+            from parley.sessions import StoreKind, open_store, parse_store_url
 
             store_url = args.store or Settings().store
-            if store_url.startswith("memory://"):
+            if parse_store_url(store_url).kind is StoreKind.MEMORY:
                 print(
                     "parley: a memory:// store lives inside the server process; "
                     "use --store redis://... or --url http://server",
