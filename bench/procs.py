@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +31,31 @@ COMMANDS = {
 }
 
 
+def importable_as_parley(root: Path) -> None:
+    """Make a snapshot's packages import as ``parley.*`` when run from ``root`` (``python -m``).
+
+    An installed Parley (editable or not) maps ``parley.server`` to *its* tree; a snapshot run
+    from its own root must win. A regular package ``root/parley/`` whose subpackages link to the
+    snapshot's folders (as its pyproject's ``package-dir`` maps them) is found first on sys.path.
+    """
+    pyproject = root / "pyproject.toml"
+    mapping = (
+        tomllib.loads(pyproject.read_text()).get("tool", {}).get("setuptools", {}).get("package-dir", {})
+    )
+    top = {name.split(".")[1]: folder for name, folder in mapping.items() if name.count(".") == 1}
+    if not top or (root / "parley").exists():
+        return
+    pkg = root / "parley"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text('"""A benchmark snapshot\'s packages as parley.* (bench/procs.py)."""\n')
+    for name, folder in top.items():
+        (pkg / name).symlink_to(Path("..") / folder, target_is_directory=True)
+
+
 def snapshot(ref: str, dest: Path) -> str:
     """Export commit ``ref`` of this repository to ``dest`` (no change to the repository), with the
-    working tree's bench/ and loadtest/ laid over it; returns the full commit hash."""
+    working tree's bench/ and loadtest/ laid over it, importable as ``parley.*`` from ``dest``;
+    returns the full commit hash."""
     commit = subprocess.run(
         ["git", "rev-parse", ref], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.strip()
@@ -46,6 +69,7 @@ def snapshot(ref: str, dest: Path) -> str:
             dirs_exist_ok=True,
             ignore=shutil.ignore_patterns("results", "__pycache__"),
         )
+    importable_as_parley(dest)
     return commit
 
 

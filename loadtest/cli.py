@@ -259,7 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         from .plot import plot
 
-        plot(stats, report, args.plot)
+        try:
+            plot(stats, report, args.plot)
+        except ImportError:
+            print("parley loadtest: --plot needs matplotlib: pip install 'parley[plot]'", file=sys.stderr)
     if not args.quiet:
         print_summary(report)
     code = exit_code(report)

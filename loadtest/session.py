@@ -24,13 +24,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from parley.protocol import PROTOCOL_VERSION
+from parley.protocol.errors import FATAL_CLOSE_CODES
+
 from .config import LoadConfig
 from .stats import Histogram, Stats
 from .wire import HandshakeError, WireProtocol, open_ws
 
-PROTOCOL = "parley.v1"
-#: Close codes after which resuming is pointless (mirrors ``client.client.FATAL_CLOSE_CODES``).
-FATAL_CLOSE_CODES = frozenset({4000, 4001, 4002, 4004, 4029})
+PROTOCOL = PROTOCOL_VERSION
 
 
 class SessionFailed(Exception):

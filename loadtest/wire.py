@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from parley.protocol import PROTOCOL_VERSION
+
 try:  # the C masking helper that ships with websockets; a pure-Python fallback otherwise
     from websockets.speedups import apply_mask as _apply_mask  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover - websockets always has it on CPython wheels
@@ -254,7 +256,7 @@ async def open_ws(
     on_text: Callable[[bytes, float, float], None],
     on_close: Callable[[int], None],
     *,
-    subprotocol: str | None = "parley.v1",
+    subprotocol: str | None = PROTOCOL_VERSION,
     timeout: float = 10.0,  # noqa: ASYNC109
 ) -> WireProtocol:
     """Connect and finish the upgrade; raises ``HandshakeError``, ``OSError`` or ``TimeoutError``."""

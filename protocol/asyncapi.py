@@ -10,25 +10,31 @@ from pydantic.json_schema import models_json_schema
 from . import messages as m
 from .errors import CloseCode, ErrorCode
 
-CLIENT_MODELS: list[type[BaseModel]] = [m.Hello, m.MessageSend, m.ResponseCancel, m.Feedback, m.Ping]
-SERVER_MODELS: list[type[BaseModel]] = [
-    m.SessionReady,
-    m.SessionSnapshot,
-    m.MessageAccepted,
-    m.MessageDuplicate,
-    m.ResponseStarted,
-    m.ResponseDelta,
-    m.ResponseCompleted,
-    m.FeedbackRecorded,
-    m.Heartbeat,
-    m.Pong,
-    m.Error,
-]
+#: The models the document describes: the protocol registry's (``messages.REGISTRY``).
+CLIENT_MODELS = m.CLIENT_MODELS
+SERVER_MODELS = m.SERVER_MODELS
+#: Where the WebSocket is served: the channel's address (the server entry has no path of its own,
+#: or the two would join into ``/v1/ws/v1/ws``).
+WS_PATH = "/v1/ws"
 
 
 def _message_name(model: type[BaseModel]) -> str:
     """The wire ``type`` of a message model (its ``Literal`` annotation)."""
     return str(get_args(model.model_fields["type"].annotation)[0])
+
+
+def _asyncapi_schema(node: Any) -> Any:
+    """pydantic's JSON Schema as an AsyncAPI 3 Schema Object: ``discriminator`` is the property
+    name (a string), not OpenAPI's ``{propertyName, mapping}`` object."""
+    if isinstance(node, dict):
+        out = {k: _asyncapi_schema(v) for k, v in node.items()}
+        disc = out.get("discriminator")
+        if isinstance(disc, dict) and "propertyName" in disc:
+            out["discriminator"] = disc["propertyName"]
+        return out
+    if isinstance(node, list):
+        return [_asyncapi_schema(v) for v in node]
+    return node
 
 
 def asyncapi_document() -> dict[str, Any]:
@@ -37,7 +43,7 @@ def asyncapi_document() -> dict[str, Any]:
         (model, "serialization") for model in SERVER_MODELS
     ]
     _, defs = models_json_schema(pairs, ref_template="#/components/schemas/{model}")
-    schemas: dict[str, Any] = defs.get("$defs", {})
+    schemas: dict[str, Any] = _asyncapi_schema(defs.get("$defs", {}))
     for model in SERVER_MODELS:
         name = _message_name(model)
         if name in m.LOGGED_TYPES:  # logged events carry their seq first
@@ -45,7 +51,7 @@ def asyncapi_document() -> dict[str, Any]:
             schema["properties"] = {"seq": {"type": "integer", "minimum": 1}, **schema["properties"]}
             schema.setdefault("required", []).insert(0, "seq")
     messages: dict[str, Any] = {}
-    for model in CLIENT_MODELS + SERVER_MODELS:
+    for model in (*CLIENT_MODELS, *SERVER_MODELS):
         name = _message_name(model)
         messages[name.replace(".", "_")] = {
             "name": name,
@@ -73,11 +79,11 @@ def asyncapi_document() -> dict[str, Any]:
             "x-close-codes": {c.name.lower(): int(c) for c in CloseCode},
         },
         "servers": {
-            "local": {"host": "127.0.0.1:8000", "protocol": "ws", "pathname": "/v1/ws"},
+            "local": {"host": "127.0.0.1:8000", "protocol": "ws"},
         },
         "channels": {
             "session": {
-                "address": "/v1/ws",
+                "address": WS_PATH,
                 "messages": {k: {"$ref": f"#/components/messages/{k}"} for k in messages},
                 "bindings": {"ws": {"bindingVersion": "0.1.0"}},
             }

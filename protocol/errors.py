@@ -85,6 +85,18 @@ class CloseCode(IntEnum):
     POLICY_VIOLATION = 4029  # sustained abuse (rate limits hit again and again)
 
 
+#: Close codes after which resuming is pointless: the request itself was refused (every client's rule).
+FATAL_CLOSE_CODES = frozenset(
+    {
+        CloseCode.BAD_HANDSHAKE,
+        CloseCode.UNAUTHORIZED,
+        CloseCode.UNSUPPORTED_VERSION,
+        CloseCode.SESSION_NOT_FOUND,
+        CloseCode.POLICY_VIOLATION,
+    }
+)
+
+
 class ParleyError(Exception):
     """Root of every error a client can be told about."""
 

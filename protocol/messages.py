@@ -2,11 +2,19 @@
 
 Client messages are validated strictly (no type coercion: ``"1"`` is not ``1``)
 but tolerate unknown fields, so a newer client can talk to an older server.
+
+The models are the protocol registry: a client message subclasses ``ClientModel``,
+a server event ``ServerModel`` and says whether it is ``logged`` (appended to the
+session log, carries ``seq``) or ephemeral. ``REGISTRY`` collects them as they are
+defined, and every list (the unions, ``CLIENT_TYPES``, ``LOGGED_TYPES``, the AsyncAPI
+document, the clients' checks) is derived from it. A new message type is one model
+here; nothing else lists types.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -34,10 +42,51 @@ class _Server(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+@dataclass(frozen=True, slots=True)
+class MessageKind:
+    """What a message type is: who sends it and whether the session log keeps it."""
+
+    type: str  # the wire ``type``
+    model: type[BaseModel]
+    direction: Literal["client", "server"]
+    logged: bool  # appended to the log (carries ``seq``, replayed on resume); else ephemeral
+
+
+#: Every message type, in definition order: the one list all others are derived from.
+REGISTRY: dict[str, MessageKind] = {}
+
+
+def _wire_type(model: type[BaseModel]) -> str:
+    """A message model's wire ``type`` (its ``Literal`` annotation)."""
+    return str(get_args(model.model_fields["type"].annotation)[0])
+
+
+class ClientModel(_Client):
+    """A message a client sends (never logged as it is: its effects are)."""
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        name = _wire_type(cls)
+        REGISTRY[name] = MessageKind(name, cls, "client", logged=False)
+
+
+class ServerModel(_Server):
+    """An event the server sends; ``logged`` says whether the session log keeps it."""
+
+    logged: ClassVar[bool] = False
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        name = _wire_type(cls)
+        REGISTRY[name] = MessageKind(name, cls, "server", logged=cls.logged)
+
+
 # --------------------------------------------------------------------- client
 
 
-class Hello(_Client):
+class Hello(ClientModel):
     """Opens a new session, or resumes one when ``session_id`` is given."""
 
     type: Literal["hello"]
@@ -71,7 +120,7 @@ class TextFormat(_Client):
 ResponseFormat = Annotated[Union[TextFormat, JsonSchemaFormat], Field(discriminator="type")]
 
 
-class MessageSend(_Client):
+class MessageSend(ClientModel):
     """A user turn; ``client_msg_id`` is the idempotency key within the session."""
 
     type: Literal["message.send"]
@@ -82,14 +131,14 @@ class MessageSend(_Client):
     metadata: dict[str, Scalar] = Field(default_factory=dict, max_length=32)
 
 
-class ResponseCancel(_Client):
+class ResponseCancel(ClientModel):
     """Stops the running response; idempotent."""
 
     type: Literal["response.cancel"]
     response_id: Id | None = None
 
 
-class Feedback(_Client):
+class Feedback(ClientModel):
     """Rates a response; the last rating for a response wins."""
 
     type: Literal["feedback"]
@@ -101,18 +150,12 @@ class Feedback(_Client):
     )
 
 
-class Ping(_Client):
+class Ping(ClientModel):
     """Application-level liveness probe; answered by ``pong``."""
 
     type: Literal["ping"]
     nonce: Annotated[str, Field(max_length=MAX_ID_LENGTH)] | None = None
 
-
-ClientMessage = Annotated[
-    Union[Hello, MessageSend, ResponseCancel, Feedback, Ping], Field(discriminator="type")
-]
-
-CLIENT_TYPES = ("hello", "message.send", "response.cancel", "feedback", "ping")
 
 # --------------------------------------------------------------------- server
 
@@ -131,7 +174,7 @@ class ErrorInfo(_Server):
     retry_after_ms: int | None = None
 
 
-class SessionReady(_Server):
+class SessionReady(ServerModel):
     """Ephemeral: the session is open; logged events with ``seq > last_seq`` follow."""
 
     type: Literal["session.ready"] = "session.ready"
@@ -153,7 +196,7 @@ class Turn(_Server):
     finish_reason: str | None = None
 
 
-class SessionSnapshot(_Server):
+class SessionSnapshot(ServerModel):
     """Ephemeral: the whole conversation up to ``last_seq``, sent when replay is impossible."""
 
     type: Literal["session.snapshot"] = "session.snapshot"
@@ -162,14 +205,15 @@ class SessionSnapshot(_Server):
     in_flight: Turn | None = None
 
 
-class MessageAccepted(_Server):
+class MessageAccepted(ServerModel):
+    logged: ClassVar[bool] = True
     type: Literal["message.accepted"] = "message.accepted"
     client_msg_id: str
     message_id: str
     content: str
 
 
-class MessageDuplicate(_Server):
+class MessageDuplicate(ServerModel):
     """Ephemeral: this ``client_msg_id`` was already accepted at ``accepted_seq``; nothing new starts."""
 
     type: Literal["message.duplicate"] = "message.duplicate"
@@ -179,7 +223,8 @@ class MessageDuplicate(_Server):
     accepted_seq: int
 
 
-class ResponseStarted(_Server):
+class ResponseStarted(ServerModel):
+    logged: ClassVar[bool] = True
     type: Literal["response.started"] = "response.started"
     response_id: str
     in_reply_to: str
@@ -187,7 +232,8 @@ class ResponseStarted(_Server):
     trace_id: str
 
 
-class ResponseDelta(_Server):
+class ResponseDelta(ServerModel):
+    logged: ClassVar[bool] = True
     type: Literal["response.delta"] = "response.delta"
     response_id: str
     text: str
@@ -197,7 +243,8 @@ class ResponseDelta(_Server):
 FinishReason = Literal["stop", "length", "cancelled", "interrupted", "content_filter", "error"]
 
 
-class ResponseCompleted(_Server):
+class ResponseCompleted(ServerModel):
+    logged: ClassVar[bool] = True
     type: Literal["response.completed"] = "response.completed"
     response_id: str
     finish_reason: FinishReason
@@ -208,24 +255,25 @@ class ResponseCompleted(_Server):
     error: ErrorInfo | None = None
 
 
-class FeedbackRecorded(_Server):
+class FeedbackRecorded(ServerModel):
+    logged: ClassVar[bool] = True
     type: Literal["feedback.recorded"] = "feedback.recorded"
     response_id: str
     rating: Literal["up", "down"]
 
 
-class Heartbeat(_Server):
+class Heartbeat(ServerModel):
     type: Literal["heartbeat"] = "heartbeat"
     ts: int
     last_seq: int
 
 
-class Pong(_Server):
+class Pong(ServerModel):
     type: Literal["pong"] = "pong"
     nonce: str | None = None
 
 
-class Error(_Server):
+class Error(ServerModel):
     type: Literal["error"] = "error"
     code: ErrorCode
     message: str
@@ -234,10 +282,25 @@ class Error(_Server):
     ref: dict[str, Any] | None = None
 
 
-LoggedEvent = Union[MessageAccepted, ResponseStarted, ResponseDelta, ResponseCompleted, FeedbackRecorded]
-EphemeralEvent = Union[SessionReady, SessionSnapshot, MessageDuplicate, Heartbeat, Pong, Error]
-ServerEvent = Annotated[Union[LoggedEvent, EphemeralEvent], Field(discriminator="type")]
+# --------------------------------------------------------------------- derived from the registry
 
-LOGGED_TYPES = frozenset(
-    {"message.accepted", "response.started", "response.delta", "response.completed", "feedback.recorded"}
-)
+
+def models(direction: Literal["client", "server"], logged: bool | None = None) -> tuple[type[BaseModel], ...]:
+    """The registered models of one direction (and, given ``logged``, of that kind), in definition order."""
+    return tuple(
+        k.model
+        for k in REGISTRY.values()
+        if k.direction == direction and (logged is None or k.logged == logged)
+    )
+
+
+CLIENT_MODELS = models("client")
+SERVER_MODELS = models("server")
+CLIENT_TYPES = tuple(_wire_type(m) for m in CLIENT_MODELS)
+SERVER_TYPES = tuple(_wire_type(m) for m in SERVER_MODELS)
+LOGGED_TYPES = frozenset(k.type for k in REGISTRY.values() if k.logged)
+
+ClientMessage = Annotated[Union[CLIENT_MODELS], Field(discriminator="type")]  # type: ignore[valid-type]
+LoggedEvent = Union[models("server", logged=True)]  # type: ignore[valid-type]
+EphemeralEvent = Union[models("server", logged=False)]  # type: ignore[valid-type]
+ServerEvent = Annotated[Union[SERVER_MODELS], Field(discriminator="type")]  # type: ignore[valid-type]

@@ -230,10 +230,10 @@ def _feedback_export(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc), "see 'parley feedback export --help'") from None
     settings = load_settings()
     url = args.url
-    if url is None and args.store is None and settings.store.startswith("memory://"):
+    if url is None and args.store is None and not _shared(settings.store):
         url = _local_server_url(settings)  # the memory store lives in the server: ask it
     store_url = args.store or settings.store
-    if url is None and store_url.startswith("memory://"):
+    if url is None and not _shared(store_url):
         raise ConfigError(
             "a memory:// store lives inside the server process",
             "export from the running server with --url http://HOST:PORT, or pass --store redis://...",
@@ -300,6 +300,16 @@ def _rows_from_server(
             "is 'parley serve' running there? (or pass --url / --store redis://...)",
         ) from exc
     return rows
+
+
+def _shared(store_url: str) -> bool:
+    """Whether other processes can read this store (not memory://); an unknown URL is a ConfigError."""
+    from parley.sessions import UnsupportedStoreUrl, parse_store_url
+
+    try:
+        return parse_store_url(store_url).shared
+    except UnsupportedStoreUrl as exc:
+        raise ConfigError(exc.what, exc.fix) from None
 
 
 def _rows_from_store(

@@ -143,7 +143,7 @@ class HostRules:
         return False
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key == name:
             return str(value.decode("latin-1"))
@@ -159,14 +159,14 @@ def _route_path(scope: Scope) -> str:
 
 def origin_allowed(scope: Scope, settings: Settings, hosts: HostRules) -> bool:
     """No Origin (non-browser client), one listed in settings, or the server's own (an allowed host)."""
-    origin = _header(scope, b"origin")
+    origin = header(scope, b"origin")
     if origin is None:
         return True
     origin = origin.rstrip("/")
     if origin in settings.allowed_origin_list:
         return True
     parts = urlsplit(origin)
-    host = _header(scope, b"host") or ""
+    host = header(scope, b"host") or ""
     return (
         parts.scheme in ("http", "https")
         and bool(parts.netloc)
@@ -205,7 +205,7 @@ class Guard:
             body = error_event(Unauthorized(URL_CREDENTIAL_MESSAGE)).model_dump(exclude_none=True)
             await self._refuse(scope, receive, send, 401, body)
             return
-        if _route_path(scope) not in PROBE_PATHS and not self.hosts.allows(_header(scope, b"host")):
+        if _route_path(scope) not in PROBE_PATHS and not self.hosts.allows(header(scope, b"host")):
             await self._refuse(scope, receive, send, 400, "host not allowed (PARLEY_ALLOWED_HOSTS)")
             return
         if kind == "websocket" and not origin_allowed(scope, self.settings, self.hosts):

@@ -40,8 +40,8 @@ from parley.protocol.errors import InvalidMessage
 from .config_error import ConfigError
 from .providers.base import ChatMessage, Profile
 from .tools.registry import PATH_PATTERN
+from .providers.registry import PROVIDERS, parse_model
 
-PROVIDERS = frozenset({"echo", "openai"})
 #: Params a profile may not set: Parley owns the conversation and the streaming mode.
 RESERVED_PARAMS = frozenset(
     {"model", "messages", "stream", "stream_options", "response_format", "n", "tools", "tool_choice"}
@@ -187,15 +187,8 @@ def _parse_profile(name: str, table: Any, source: str) -> Profile:
 
 def default_profile(model_spec: str) -> Profile:
     """The one profile ``--model`` makes: ``echo`` or ``openai:MODEL`` (e.g. ``openai:gpt-4o-mini``)."""
-    spec = model_spec.strip()
-    if spec == "echo":
-        return Profile(name=DEFAULT_PROFILE_NAME, provider="echo", model="echo")
-    provider, sep, model = spec.partition(":")
-    if provider == "openai" and sep and model.strip():
-        return Profile(name=DEFAULT_PROFILE_NAME, provider="openai", model=model.strip())
-    raise ValueError(
-        f"--model must be 'echo' or 'openai:MODEL' (e.g. openai:gpt-4o-mini), not {model_spec!r}"
-    )
+    provider, model = parse_model(model_spec)  # UnknownModel: a ConfigError and a ValueError
+    return Profile(name=DEFAULT_PROFILE_NAME, provider=provider, model=model)
 
 
 def single_profile_set(model_spec: str) -> ProfileSet:

@@ -26,9 +26,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from parley.sessions import keys
+from parley.sessions import StoreKind, keys, parse_store_url
+from parley.sessions.fastpath import client_options
 from parley.sessions.outage import StoreHealth, store_address
-from parley.sessions.redis_wire import DRIVER_INFO
 
 from .service import Principal
 from .settings import Settings
@@ -36,7 +36,6 @@ from .settings import Settings
 log = logging.getLogger("parley.limits")
 
 #: The store URL scheme of Redis Cluster (as in ``sessions.redis_store``).
-CLUSTER_SCHEME = "redis+cluster://"
 
 Kind = Literal["messages", "tokens", "connections", "sessions"]
 Scope = Literal["user", "tenant"]
@@ -354,12 +353,13 @@ class RedisLimiter:
         # an outage is logged once (and a reminder now and then), not once per request
         self.health = StoreHealth("limiter store", store_address(url), log)
         options: dict[str, Any] = dict(
-            decode_responses=True, socket_timeout=2.0, socket_connect_timeout=1.0, driver_info=DRIVER_INFO
+            decode_responses=True, socket_timeout=2.0, socket_connect_timeout=1.0, **client_options()
         )
-        self.cluster = url.startswith(CLUSTER_SCHEME)
+        parsed = parse_store_url(url)
+        self.cluster = parsed.kind is StoreKind.CLUSTER
         self._r: Any
         if self.cluster:  # every script's keys share the tenant's hash tag: one slot per call
-            self._r = RedisCluster.from_url("redis://" + url[len(CLUSTER_SCHEME) :], **options)
+            self._r = RedisCluster.from_url(parsed.redis_url, **options)
         else:
             self._r = aioredis.Redis.from_url(url, max_connections=16, **options)
         self._scripts = {
@@ -474,6 +474,6 @@ def open_limiter(settings: Settings) -> Limiter | None:
     if not settings.identity_limits_enabled:
         return None
     limits = Limits.from_settings(settings)
-    if settings.store.startswith(("redis://", "rediss://", "unix://", CLUSTER_SCHEME)):
+    if parse_store_url(settings.store).shared:
         return RedisLimiter(settings.store, limits)
     return MemoryLimiter(limits)

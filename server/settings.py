@@ -131,13 +131,12 @@ class Settings(BaseSettings):
     @classmethod
     def _known_store(cls, value: str) -> str:
         """Only the scheme is checked here (and echoed: the rest of a URL may hold a password)."""
-        from parley.sessions import STORE_SCHEMES
+        from parley.sessions import UnsupportedStoreUrl, parse_store_url
 
-        if not value.startswith(STORE_SCHEMES):
-            scheme = value.partition("://")[0] + "://" if "://" in value else repr(value[:20])
-            raise ValueError(
-                f"{scheme} is not a store: use {' or '.join(STORE_SCHEMES)} (e.g. redis://HOST:6379/0)"
-            )
+        try:
+            parse_store_url(value)
+        except UnsupportedStoreUrl as exc:
+            raise ValueError(f"{exc.what}: {exc.fix}") from None
         return value
 
     @model_validator(mode="after")
@@ -159,7 +158,9 @@ class Settings(BaseSettings):
     def _check_workers(self) -> Settings:
         """Each worker is a separate process: with a memory store a session exists in one of them only,
         so resumes that land on another worker fail (session_not_found)."""
-        if self.workers > 1 and self.store.startswith("memory://"):
+        from parley.sessions import parse_store_url
+
+        if self.workers > 1 and not parse_store_url(self.store).shared:
             raise ValueError(
                 f"--workers {self.workers} needs a shared store, but the store is memory:// (one per "
                 "process; resumes would fail): pass --store redis://HOST:6379/0, or run one worker"

@@ -7,23 +7,21 @@ from typing import Any
 from .fanout import Fanout, Listener, Subscriber
 from .store import AcceptResult, DeltaWrite, LogEntry, SessionRecord, SessionStore, Snapshot
 from .tail import LogGap, SlowConsumer, fresh, replay, tail
+from .url import SCHEMES, StoreKind, StoreUrl, UnsupportedStoreUrl, parse_store_url
 
 #: Every store URL scheme ``open_store`` accepts (Redis over TCP, TLS, a Unix socket, or a Cluster).
-STORE_SCHEMES = ("memory://", "redis://", "rediss://", "unix://", "redis+cluster://")
+STORE_SCHEMES = tuple(f"{scheme}://" for scheme in SCHEMES)
 
 
 def open_store(url: str, **limits: Any) -> SessionStore:
-    """A store chosen by URL: ``memory://``, ``redis://host:port/db`` or ``redis+cluster://seed:port``."""
-    if url.startswith("memory://"):
+    """A store chosen by URL (``sessions/url.py``); ``UnsupportedStoreUrl`` for anything else."""
+    if parse_store_url(url).kind is StoreKind.MEMORY:
         from .memory import MemoryStore
 
         return MemoryStore(**limits)
-    if url.startswith(STORE_SCHEMES):
-        from .redis_store import RedisStore
+    from .redis_store import RedisStore
 
-        return RedisStore(url, **limits)
-    scheme = url.partition("://")[0] + "://" if "://" in url else repr(url[:20])
-    raise ValueError(f"unsupported store URL {scheme}: use {', '.join(STORE_SCHEMES)}")
+    return RedisStore(url, **limits)
 
 
 __all__ = [
@@ -38,9 +36,13 @@ __all__ = [
     "SessionStore",
     "SlowConsumer",
     "Snapshot",
+    "StoreKind",
+    "StoreUrl",
     "Subscriber",
+    "UnsupportedStoreUrl",
     "fresh",
     "open_store",
+    "parse_store_url",
     "replay",
     "tail",
 ]

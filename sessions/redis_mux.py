@@ -29,6 +29,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .url import parse_store_url
+
 log = logging.getLogger("parley.redis")
 
 
@@ -137,7 +139,7 @@ class Multiplexed:
     def serves(url: str) -> bool:
         """Plain TCP and Unix sockets; a TLS URL (``rediss://``, with its certificate options) stays
         with redis-py."""
-        return url.startswith(("redis://", "unix://"))
+        return parse_store_url(url).scheme in ("redis", "unix")
 
     def __init__(self, url: str, *, connect_timeout: float, reply_timeout: float) -> None:
         opts = parse_url(url)

@@ -31,10 +31,10 @@ from parley.protocol.errors import InternalError, SessionNotFound, UpstreamUnava
 
 from . import keys, redis_lua
 from .fanout import Fanout, Subscriber
+from .fastpath import client_options, with_hiredis_packing
 from .loss import LossWatch
 from .outage import StoreHealth, store_address
 from .redis_mux import Multiplexed
-from .redis_wire import DRIVER_INFO, with_hiredis_packing
 from .store import (
     AcceptResult,
     CancelOutcome,
@@ -46,6 +46,7 @@ from .store import (
     Snapshot,
     WebhookClaim,
 )
+from .url import StoreKind, parse_store_url
 
 log = logging.getLogger("parley.redis")
 
@@ -53,8 +54,6 @@ P = ParamSpec("P")
 T = TypeVar("T")
 Item = TypeVar("Item")
 
-#: URL scheme selecting Redis Cluster mode: ``redis+cluster://seed-host:port``.
-CLUSTER_SCHEME = "redis+cluster://"
 #: What a client is told to wait before retrying while Redis is unreachable.
 OUTAGE_RETRY_AFTER_MS = 1000
 #: Redis connections per process: enough for bursts of hellos; more would only queue inside Redis.
@@ -115,13 +114,14 @@ class RedisStore:
             decode_responses=True,
             socket_timeout=SOCKET_TIMEOUT_S,
             socket_connect_timeout=CONNECT_TIMEOUT_S,
-            driver_info=DRIVER_INFO,
+            **client_options(),
         )
-        self.cluster = url.startswith(CLUSTER_SCHEME)
+        parsed = parse_store_url(url)
+        self.cluster = parsed.kind is StoreKind.CLUSTER
         if self.cluster:
             # every key of a session shares its {hash tag}, so each script runs on one node;
             # classic PUBLISH is broadcast cluster-wide, so pub/sub uses one plain connection to a seed node
-            plain = "redis://" + url[len(CLUSTER_SCHEME) :]
+            plain = parsed.redis_url
             self._r: Any = RedisCluster.from_url(plain, **options)
             self._ps_client: Any = aioredis.Redis.from_url(plain, **options)
         else:

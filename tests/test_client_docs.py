@@ -55,10 +55,10 @@ def test_the_docs_have_runnable_client_examples() -> None:
 @pytest.mark.parametrize("code", JS_BLOCKS, ids=[f"js-{i}" for i in range(len(JS_BLOCKS))])
 def test_javascript_example_runs_in_node(code: str, server: ServerProcess, tmp_path: Path) -> None:
     """The Node example runs (the package name resolved to web-demo/parley-client.js, `ws` to its
-    locked copy in tests/node-tools; Node 22's global WebSocket via --experimental-websocket)."""
+    locked copy in tests/js; Node 22's global WebSocket via --experimental-websocket)."""
     node = shutil.which("node")
     assert node, "node is not installed (scripts/test installs it)"
-    ws = ROOT / "tests" / "node-tools" / "node_modules" / "ws" / "wrapper.mjs"
+    ws = ROOT / "tests" / "js" / "node_modules" / "ws" / "wrapper.mjs"
     if '"ws"' in code and not ws.exists():
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=ws.parents[2], check=True, timeout=300)
     source = (

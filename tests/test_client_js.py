@@ -18,7 +18,7 @@ from .support import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "web-demo"
-TOOLS = ROOT / "tests" / "node-tools"
+TOOLS = ROOT / "tests" / "js"
 NODE_TEST = ROOT / "tests" / "js" / "client_node.test.mjs"
 CONSUMER = ROOT / "tests" / "js" / "consumer.ts"
 
@@ -39,7 +39,7 @@ def npm() -> str:
 
 @pytest.fixture(scope="module")
 def tools() -> Path:
-    """tests/node-tools/node_modules (tsc, ws) as its lockfile says; scripts/test installs it first."""
+    """tests/js/node_modules (tsc, ws) as its lockfile says; scripts/test installs it first."""
     modules = TOOLS / "node_modules"
     if not (modules / "ws").is_dir() or not (modules / ".bin" / "tsc").exists():
         subprocess.run(

@@ -1,4 +1,4 @@
-"""Frames written straight into uvicorn's transport (server/inline.py): byte-exact, and only when allowed."""
+"""Frames written straight into uvicorn's transport (server/fastpath/): byte-exact, and only when allowed."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from websockets.asyncio.client import connect
 from websockets.frames import Frame, Opcode
 
 from parley.client import ParleyClient
-from parley.server.inline import text_frame
+from parley.server.fastpath.uvicorn_ws import text_frame
 
 from .support import live_server, reference_reply
 
@@ -29,7 +29,7 @@ async def test_served_connections_write_directly_and_replay_the_same_reply() -> 
     async with live_server(store="memory://", echo_tokens_per_second=0, echo_reply_tokens=30_000) as live:
         async with ParleyClient(live.url) as c:
             (conn,) = live.state.connections
-            assert conn._direct is not None
+            assert conn.direct is not None
             reply = await c.ask("direct please")
             sid, token, logged = c.session_id, c.resume_token, c.last_seq
         async with ParleyClient(live.url, session_id=sid, resume_token=token, last_seq=0) as again:
@@ -49,7 +49,7 @@ async def test_negotiated_compression_keeps_the_asgi_send() -> None:
             await ws.send(json.dumps({"type": "hello", "protocol": "parley.v1"}))
             assert json.loads(await ws.recv())["type"] == "session.ready"
             (conn,) = live.state.connections
-            assert conn._direct is None
+            assert conn.direct is None
             await ws.send(json.dumps({"type": "message.send", "client_msg_id": "c1", "content": "squeeze"}))
             while (ev := json.loads(await ws.recv()))["type"] != "response.completed":
                 pass

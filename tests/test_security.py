@@ -580,7 +580,7 @@ async def test_client_that_pauses_reading_gets_every_event_in_order_once_it_read
         json.loads(await ws.recv())
         await ws.send(json.dumps({"type": "message.send", "client_msg_id": "c1", "content": "hold on"}))
         (conn,) = live.state.connections
-        await until(lambda: conn._write_deadline is not None, 60)  # a write waits for the socket to drain
+        await until(lambda: conn.deadline.due is not None, 60)  # a write waits for the socket to drain
         seqs: list[int] = []
         text: list[str] = []
         while True:

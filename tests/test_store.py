@@ -326,25 +326,6 @@ async def test_sessions_expire_after_their_ttl(any_store_kind: str, request: obj
         await short.close()
 
 
-def test_hiredis_packing_writes_the_bytes_redis_py_writes() -> None:
-    """The store's C command packer produces byte-for-byte what redis-py's own packer does."""
-    import redis.asyncio as aioredis
-
-    from parley.sessions.redis_wire import with_hiredis_packing
-
-    plain = aioredis.Connection()
-    fast = with_hiredis_packing(aioredis.Connection)()
-    commands = [
-        ("EVALSHA", "a" * 40, 2, "parley:{s1}:meta", "parley:{s1}:log", "ünïcødé 🦊", 10_000, b"\x00raw"),
-        ("SCRIPT LOAD", "return 1"),
-        ("XRANGE", "parley:{s1}:log", "5-0", "+", "COUNT", 500),
-        ("SET", "k", "x" * 100_000),  # past redis-py's buffer cutoff
-    ]
-    for cmd in commands:
-        assert b"".join(fast.pack_command(*cmd)) == b"".join(plain.pack_command(*cmd))
-    assert with_hiredis_packing(type(fast)) is type(fast)
-
-
 async def test_new_redis_connections_skip_the_metadata_lookup(redis_url: str, monkeypatch: Any) -> None:
     """A burst that grows the store's connection pool never reads redis-py's version from package metadata."""
     import redis.utils

@@ -56,7 +56,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx2
 import openai
 from openai import AsyncOpenAI
 
@@ -338,7 +337,7 @@ class OpenAIProvider:
         self.backoff_max = backoff_max
         # httpx's read timeout is only a backstop; the token deadlines below are the real ones.
         read = max(first_token_timeout, between_token_timeout) + 1.0
-        timeout = httpx2.Timeout(read, connect=connect_timeout)
+        timeout = openai.Timeout(read, connect=connect_timeout)  # httpx's (openai 1.x) or httpx2's (3.x)
         try:
             self._client = AsyncOpenAI(
                 base_url=base_url,

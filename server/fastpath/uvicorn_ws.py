@@ -14,23 +14,61 @@ write. That skips Starlette's ``WebSocket.send``, uvicorn's ``send`` and websock
 framing per frame, and a syscall per replayed frame (docs/architecture.md).
 Whenever the transport is paused, closing or gone, or another server runs the app,
 frames take the ASGI ``send`` instead, which keeps its flow control and errors.
+
+Fenced (``server/fastpath/__init__.py``): ``DIRECT`` is on only with a uvicorn and a
+websockets in their tested ranges whose objects have every private name used below
+(``USED_NAMES``); ``INLINE`` only where asyncio's futures have the flag ``_finish`` clears.
+Off, ``direct_transport`` answers None and ``send_now`` is not to be called: the
+WebSocket sink (``server/transports/ws.py``) then leaves frames to its reader's
+catch-up task and the ordinary ASGI ``send``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from starlette.websockets import WebSocket
-from websockets.protocol import State
 
+from parley.sessions.fastpath import Trick, trick
+
+try:
+    from websockets.protocol import State
+except ImportError:  # another websockets layout: no direct path
+    State = None  # type: ignore[assignment,misc]
 try:
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 except ImportError:  # another uvicorn layout: always the ASGI send
     WebSocketsSansIOProtocol = None  # type: ignore[assignment,misc]
 
 Direct = Any  # a uvicorn WebSocketsSansIOProtocol whose transport takes our frames
+
+#: The private attributes of uvicorn's protocol object the direct path reads (tests/test_fastpath.py
+#: checks them on a real instance): its sans-I/O ``conn`` (``extensions``, ``state``), the
+#: ``writable`` event, ``disconnected``, ``close_sent`` and the asyncio ``transport``.
+USED_NAMES = ("conn", "writable", "disconnected", "close_sent", "transport")
+
+
+def _direct_trick() -> Trick:
+    websockets_ok = trick("direct frames", "websockets", (15, 0), (18, 0), names_ok=State is not None)
+    if not websockets_ok.on:
+        return websockets_ok
+    return trick("direct frames", "uvicorn", (0, 53), (0, 56), names_ok=WebSocketsSansIOProtocol is not None)
+
+
+def _inline_trick() -> Trick:
+    future_ok = hasattr(asyncio.Future, "_asyncio_future_blocking")
+    return trick(
+        "inline ASGI send", "python", (3, 11), (3, 14), names_ok=future_ok, version=sys.version_info[:3]
+    )
+
+
+#: Frames framed here and written straight into uvicorn's transport.
+DIRECT = _direct_trick()
+#: uvicorn's ASGI send run inline from synchronous code (a pushed-back write finished by a task).
+INLINE = _inline_trick()
 #: Bytes of frames written to a transport at once: its default high-water mark (64 KiB).
 WRITE_BATCH_BYTES = 64 * 1024
 
@@ -41,7 +79,7 @@ def direct_transport(send: Any) -> Direct | None:
     Call it after the handshake: only then are the negotiated extensions known.
     """
     proto = getattr(send, "__self__", None)
-    if WebSocketsSansIOProtocol is None or type(proto) is not WebSocketsSansIOProtocol:
+    if not DIRECT.on or type(proto) is not WebSocketsSansIOProtocol:
         return None
     if proto.conn.extensions:  # a negotiated extension (deflate) transforms every frame: not ours to frame
         return None
@@ -94,6 +132,7 @@ def send_now(ws: WebSocket, direct: Direct | None, text: str) -> Coroutine[Any, 
     """Send one text frame; None when it was written at once, else a coroutine that finishes it.
 
     The caller must await (or ``close()``) what is returned before writing another frame.
+    Only when ``INLINE.on``.
     """
     if writable(direct):
         direct.transport.write(text_frame(text))
