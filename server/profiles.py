@@ -39,8 +39,8 @@ from parley.protocol.errors import InvalidMessage
 
 from .config_error import ConfigError
 from .providers.base import ChatMessage, Profile
-from .tools.registry import PATH_PATTERN
 from .providers.registry import PROVIDERS, parse_model
+from .tools.registry import PATH_PATTERN
 
 #: Params a profile may not set: Parley owns the conversation and the streaming mode.
 RESERVED_PARAMS = frozenset(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from parley.protocol import messages as m
 from parley.protocol.asyncapi import WS_PATH, asyncapi_document
+from parley.protocol.errors import ErrorCode
 
 ROOT = Path(__file__).resolve().parent.parent
 JS_TOOLS = ROOT / "tests" / "js"
@@ -61,21 +62,33 @@ def test_the_websocket_address_resolves_once() -> None:
     assert server.get("pathname", "") + doc["channels"]["session"]["address"] == WS_PATH == "/v1/ws"
 
 
-def js_set(source: str, name: str) -> set[str]:
-    """The strings of ``const NAME = new Set([...])`` in the JS client."""
-    match = re.search(rf"const {name} = new Set\(\[(.*?)\]\)", source, re.S)
-    assert match, f"{name} is no longer a `new Set([...])` in {JS_CLIENT.name}: update this test's reader"
-    return set(re.findall(r'"([^"]+)"', match.group(1)))
+def js_lists() -> dict[str, list[str]]:
+    """The JS client's exported type and code lists, as Node sees them when it imports the module."""
+    node = shutil.which("node")
+    assert node, "node is not installed (scripts/test installs it)"
+    script = (
+        f"const m = await import({json.dumps(JS_CLIENT.as_uri())});"
+        "console.log(JSON.stringify({client: m.CLIENT_TYPES, logged: m.LOGGED_TYPES,"
+        " ephemeral: m.EPHEMERAL_TYPES, codes: m.ERROR_CODES}));"
+    )
+    out = subprocess.run(
+        [node, "--input-type=module", "-e", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    lists: dict[str, list[str]] = json.loads(out.stdout)
+    return lists
 
 
 def test_the_js_client_speaks_the_types_of_the_document() -> None:
-    """web-demo/parley-client.js's logged and ephemeral sets, the types it sends and the cases it
-    handles all match the generated AsyncAPI document: a renamed or added type fails here."""
+    """web-demo/parley-client.js's exported type lists, the types it sends, the cases it handles and
+    its error codes all match the generated AsyncAPI document: a renamed or added type fails here."""
     source = JS_CLIENT.read_text()
     doc = asyncapi_document()
-    assert js_set(source, "LOGGED_TYPES") == doc_types(doc, logged=True)
+    js = js_lists()
+    assert set(js["client"]) == set(m.CLIENT_TYPES)
+    assert set(js["logged"]) == doc_types(doc, logged=True)
     server_types = doc_types(doc) - set(m.CLIENT_TYPES)
-    assert js_set(source, "EPHEMERAL_TYPES") == server_types - doc_types(doc, logged=True)
+    assert set(js["ephemeral"]) == server_types - doc_types(doc, logged=True)
+    assert set(js["codes"]) == {code.value for code in ErrorCode}
     sent = set(re.findall(r'\btype: "([a-z_.]+)"', source))
     handled = set(re.findall(r'\bcase "([a-z_.]+)"', source))
     assert set(m.CLIENT_TYPES) <= sent, "the client no longer sends every client message type"
