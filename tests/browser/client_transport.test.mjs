@@ -846,3 +846,58 @@ test("the HTTP base follows the WebSocket URL (scheme, host and prefix) unless h
   assert.equal(make("ws://127.0.0.1:8000/v1/ws?x=1").httpUrl, "http://127.0.0.1:8000/v1");
   assert.equal(make("ws://h/v1/ws", { httpUrl: "https://api.example.com/v1/" }).httpUrl, "https://api.example.com/v1");
 });
+
+// ------------------------------------------------------------------ real fetch, real socket
+
+test("over a real socket with Node's own fetch: the stream is read as it comes and closing aborts it", async () => {
+  const { createServer } = await import("node:http");
+  const seen = [];
+  let stream = null;
+  let streamClosed = null;
+  const closed = new Promise((r) => (streamClosed = r));
+  const server = createServer((req, res) => {
+    let body = "";
+    req.on("data", (c) => (body += c));
+    req.on("end", () => {
+      seen.push({ method: req.method, url: req.url, headers: req.headers, body: body ? JSON.parse(body) : null });
+      if (req.method === "POST" && req.url === "/v1/sessions") {
+        res.writeHead(201, { "content-type": "application/json" });
+        res.end(JSON.stringify({ session_id: "s1", resume_token: "r1" }));
+      } else if (req.method === "GET" && req.url === "/v1/sessions/s1/events") {
+        res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
+        res.write(": hello\n\n");
+        stream = res;
+        res.on("close", () => streamClosed());
+      } else if (req.method === "POST" && req.url === "/v1/sessions/s1/messages") {
+        res.writeHead(202, { "content-type": "application/json", location: "/v1/sessions/s1/responses/r1" });
+        res.end(JSON.stringify({ session_id: "s1", response_id: "r1", status: "queued" }));
+        const cmid = seen.at(-1).body.client_msg_id;
+        const frames = conversation(cmid, { text: ["real ", "socket "] })
+          .map((e) => `id: ${e.seq}\r\nevent: ${e.type}\r\ndata: ${JSON.stringify(e)}\r\n\r\n`)
+          .join("");
+        stream.write(frames.slice(0, 37)); // an event cut in two writes
+        setImmediate(() => stream.write(frames.slice(37)));
+      } else {
+        res.writeHead(404).end();
+      }
+    });
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  const { port } = server.address();
+  const client = new ParleyClient({ url: `ws://127.0.0.1:${port}/v1/ws`, transport: "sse", storage: null, window: null });
+  try {
+    await client.connect();
+    assert.equal(client.transport, "sse");
+    const reply = await client.send("hi");
+    assert.equal(reply.content, "real socket ");
+    assert.equal(seen[1].headers["last-event-id"], "0");
+    assert.equal(seen[1].headers["parley-resume-token"], "r1");
+    assert.equal(seen[2].headers.prefer, "respond-async");
+    client.close();
+    await closed; // the server saw the event stream go away
+  } finally {
+    client.close();
+    server.closeAllConnections?.();
+    await new Promise((r) => server.close(r));
+  }
+});
