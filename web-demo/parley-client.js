@@ -1066,6 +1066,7 @@ export class ParleyClient extends EventTarget {
     const transport =
       this._transportKind === "sse" ? new SseTransport(this, host) : new WebSocketTransport(this, host);
     this._transport = transport;
+    this._heard = false; // anything from the server on this attempt (then a failure is not the path's)
     this._connError = null;
     this._openedAt = this._now();
     this._lastRx = this._openedAt;
@@ -1174,7 +1175,7 @@ export class ParleyClient extends EventTarget {
    */
   _countPathFailure(wasReady, code) {
     const offline = this._env?.navigator?.onLine === false; // no transport would have done better
-    if (wasReady || !PATH_FAILURE_CLOSE.has(code) || offline) {
+    if (wasReady || this._heard || !PATH_FAILURE_CLOSE.has(code) || offline) {
       if (!offline) this._pathFailures = 0;
       return;
     }
@@ -1356,6 +1357,7 @@ export class ParleyClient extends EventTarget {
   /** One server event, from whichever transport. */
   _onEvent(gen, ev) {
     if (gen !== this._gen) return;
+    this._heard = true;
     this._lastRx = this._now();
     if (!ev || typeof ev !== "object" || typeof ev.type !== "string") return;
     if (LOGGED.has(ev.type) || (!EPHEMERAL.has(ev.type) && typeof ev.seq === "number")) {
@@ -1456,6 +1458,10 @@ export class ParleyClient extends EventTarget {
       if (t && t.finishReason != null) this._settlePending(p, t, null);
     }
     this._saveNow();
+    if (this.status.state === "connected" && this.status.recovered !== false) {
+      // Over SSE the opening cannot say the log lost our gap; the snapshot itself does.
+      this._setStatus("connected", { resumed: true, recovered: false });
+    }
     this._emit("snapshot", ev);
     this._emit("conversation", { reason: "snapshot" });
     this._maybeCaughtUp();

@@ -504,6 +504,25 @@ test("no ping goes over HTTP: the event stream's heartbeat comments keep the wat
   );
 });
 
+test("a cursor past the log's retention: the snapshot replaces the conversation and the status says so", async () => {
+  const storage = new FakeStorage();
+  storage.setItem(
+    "parley:ws://test/v1/ws",
+    JSON.stringify({ v: 1, session_id: "s1", resume_token: "r1", last_seq: 3, turns: [{ role: "user", id: "m0", content: "old" }], outbox: [] }),
+  );
+  const env = makeEnv({ storage });
+  env.client.connect();
+  const s = await openSse(env, { create: false });
+  assert.equal(env.client.status.recovered, true);
+  s.event({ type: "session.snapshot", last_seq: 40, turns: [{ role: "user", id: "m1", content: "hi" }], in_flight: { role: "assistant", id: "r1", content: "a b " } });
+  s.event({ seq: 41, type: "response.delta", response_id: "r1", text: "c " });
+  await settle();
+  assert.deepEqual(env.client.turns.map((t) => [t.id, t.content]), [["m1", "hi"], ["r1", "a b c "]]);
+  assert.equal(env.client.lastSeq, 41);
+  assert.equal(env.client.status.state, "connected");
+  assert.equal(env.client.status.recovered, false);
+});
+
 test("with a token every request carries Authorization: Bearer, never the URL", async () => {
   const env = makeEnv({ token: async () => "jwt-1" });
   env.client.connect();
@@ -743,6 +762,15 @@ test("auto does not fall back when the server answered (close codes, drops after
   ws.accept();
   ws.push({ type: "error", code: "overloaded", message: "busy", retryable: true });
   ws.drop(1001); // the server said why: the path works
+  env.clock.advance(env.client.status.retryInMs);
+  await settle();
+  env.lastSocket().drop(1006);
+  env.clock.advance(env.client.status.retryInMs);
+  await settle();
+  ws = env.lastSocket();
+  ws.accept();
+  ws.push({ type: "error", code: "internal", message: "oops", retryable: true });
+  ws.drop(1006); // no close frame, but the server spoke first: the path works
   env.clock.advance(env.client.status.retryInMs);
   await settle();
   env.lastSocket().drop(1006);
