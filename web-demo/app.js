@@ -61,7 +61,12 @@ function tokenProvider() {
   });
 }
 
-const client = new ParleyClient({ url: wsUrl, token: tokenProvider, metadata: { client: "web-demo" } });
+const client = new ParleyClient({
+  url: wsUrl,
+  token: tokenProvider,
+  metadata: { client: "web-demo" },
+  transport: transportOption(), // see "transport" below
+});
 // Handy for debugging and for tests (window.parley.status, .turns, .stats).
 window.parley = client;
 
@@ -504,6 +509,33 @@ els.signin.addEventListener("submit", (e) => {
   }
   els.composer.focus();
 });
+
+// ------------------------------------------------------------ transport
+// Which way this page reaches the server: a WebSocket, or SSE (server-sent events for what the
+// server says, HTTP POST for what we send) when WebSockets are blocked on the way; the client
+// ("auto", its default) falls back by itself. `?transport=sse` or `?transport=websocket` in the
+// page's address forces one, to try it out.
+const transportEl = $("#transport");
+const TRANSPORT_LABEL = { websocket: "WebSocket", sse: "SSE" };
+const TRANSPORT_TITLE = {
+  websocket: "Connected over a WebSocket",
+  sse: "Connected over server-sent events and HTTP POST (no WebSocket)",
+};
+
+function transportOption() {
+  const asked = new URLSearchParams(location.search).get("transport");
+  return ["auto", "websocket", "sse"].includes(asked) ? asked : "auto";
+}
+
+function renderTransport(st) {
+  const kind = client.transport;
+  transportEl.textContent = TRANSPORT_LABEL[kind] ?? kind;
+  transportEl.dataset.transport = kind;
+  transportEl.title = TRANSPORT_TITLE[kind] ?? "";
+  transportEl.hidden = st.state !== "connected"; // what is being tried meanwhile is not news
+}
+
+client.on("status", renderTransport);
 
 // ------------------------------------------------------------ client events
 

@@ -226,9 +226,16 @@ export type Turn = UserTurn | AssistantTurn;
 
 export type ConnectionState = "idle" | "connecting" | "connected" | "reconnecting" | "failed" | "closed";
 
+/** How the client reaches the server: the WebSocket, or server-sent events + POST (docs/http.md). */
+export type Transport = "websocket" | "sse";
+/** `options.transport`: "auto" (the default) starts with the WebSocket and falls back to "sse". */
+export type TransportOption = "auto" | Transport;
+
 export interface Status {
   state: ConnectionState;
   sessionId?: string | null;
+  /** the transport in use, or being tried */
+  transport?: Transport;
   resumed?: boolean;
   recovered?: boolean;
   attempt?: number;
@@ -255,6 +262,8 @@ export interface Stats {
   duplicatesDropped: number;
   gaps: number;
   snapshots: number;
+  /** times "auto" switched transport */
+  transportSwitches: number;
 }
 
 export declare class ParleyError extends Error {
@@ -295,11 +304,38 @@ export interface WebSocketLike {
 
 export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
 
+/** The part of fetch() the SSE transport uses (a streaming `body`, as browsers and Node >= 18 give). */
+export type FetchLike = (
+  url: string,
+  init: { method: string; headers: Record<string, string>; body?: string; signal: AbortSignal },
+) => Promise<Response>;
+
+/** A server-sent events parser (the WHATWG EventSource rules) for text fed in chunks of any size. */
+export declare class SseParser {
+  constructor(onEvent: (ev: { type: string; data: string; id: string }) => void, onComment?: (text: string) => void);
+  /** the stream's last `id:` ("" before any) */
+  lastEventId: string;
+  /** the stream's last valid `retry:` in ms, or null */
+  retry: number | null;
+  /** feed decoded text; complete events are dispatched at once */
+  push(text: string): void;
+  /** the stream ended: an event without its blank line is dropped */
+  end(): void;
+}
+
 export interface ParleyClientOptions {
   /** default ws(s)://<location.host>/v1/ws in a browser; required elsewhere */
   url?: string;
   /** default globalThis.WebSocket (browsers, Node >= 22); pass `ws`'s WebSocket in older Node */
-  WebSocket?: WebSocketConstructor | (abstract new (...args: any[]) => any);
+  WebSocket?: WebSocketConstructor | (abstract new (...args: any[]) => any) | null;
+  /** "auto" (default): the WebSocket, falling back to SSE + POST when it fails before session.ready */
+  transport?: TransportOption;
+  /** WebSocket attempts in a row that fail before session.ready after which "auto" switches (2) */
+  fallbackAfter?: number;
+  /** the HTTP API's base URL; default the url's (ws(s)://host/v1/ws -> http(s)://host/v1) */
+  httpUrl?: string;
+  /** default globalThis.fetch */
+  fetch?: FetchLike | typeof fetch;
   token?: TokenProvider;
   metadata?: Record<string, Scalar>;
   profile?: string;
@@ -347,6 +383,7 @@ export interface ParleyEventMap {
   pong: [PongEvent];
   disconnect: [{ code: number; reason: string; wasReady: boolean }];
   gap: [{ expected: number; got: number }];
+  transport: [{ transport: Transport; previous: Transport; reason: string }];
   event: [{ type: string; [key: string]: unknown }];
 }
 
@@ -386,6 +423,10 @@ export declare class ParleyClient extends EventTarget {
   constructor(url: string, options?: ParleyClientOptions);
   constructor(options?: ParleyClientOptions);
   readonly url: string;
+  /** the HTTP API's base URL (used by the SSE transport) */
+  readonly httpUrl: string;
+  /** the transport in use, or being tried */
+  readonly transport: Transport;
   status: Status;
   readonly state: ConnectionState;
   sessionId: string | null;

@@ -203,6 +203,427 @@ const NO_WEBSOCKET =
   "ParleyClient: this runtime has no WebSocket (Node < 22?). Pass an implementation: " +
   'new ParleyClient(url, { WebSocket }) with `import { WebSocket } from "ws"`';
 
+// ================================================================= transports
+// How bytes reach the server is the transports' business; everything above and below
+// (outbox, resume, dedupe by seq, events, the public API) is the same whatever the
+// transport. A transport is a small internal object:
+//
+//   open(opening)        start connecting; opening = {token, metadata, sessionId,
+//                        resumeToken, lastSeq}; the server's session.ready (real or,
+//                        over HTTP, made from the answers) arrives through the host
+//   send(frame) -> bool  a client frame (message.send, response.cancel, feedback, ping);
+//                        false: not now (the outbox resends it after the next ready)
+//   close(code, reason)  detach at once: no host callback after this
+//
+// and calls its host (callbacks the client binds to one connection attempt, so a late
+// callback of an abandoned transport is ignored): frame(json), event(obj), alive(),
+// answered(frame, body) and closed({code, reason}), with the WebSocket's close codes.
+
+// What `options.transport` may say; "auto" starts with the WebSocket and falls back to SSE.
+const TRANSPORT_OPTIONS = new Set(["auto", "websocket", "sse"]);
+
+// Close codes that carry no word from the server: the path itself failed (an upgrade a
+// proxy refused, a connection cut, a connect timeout). Only these count toward a fallback.
+const PATH_FAILURE_CLOSE = new Set([0, 1002, 1005, 1006, 1015]);
+
+/** The WebSocket: one socket, `hello` first, frames both ways (docs/protocol.md). */
+class WebSocketTransport {
+  constructor(client, host) {
+    this.kind = "websocket";
+    this._client = client;
+    this._host = host;
+    this._ws = null;
+  }
+
+  open(opening) {
+    const host = this._host;
+    let ws;
+    try {
+      ws = new this._client._WebSocket(this._client.url, PROTOCOL);
+    } catch (err) {
+      host.closed({ code: CloseCode.ABNORMAL, reason: String(err) });
+      return;
+    }
+    this._ws = ws;
+    ws.onopen = () => {
+      const hello = { type: "hello", protocol: PROTOCOL };
+      if (opening.token) hello.token = opening.token;
+      if (opening.sessionId) {
+        hello.session_id = opening.sessionId;
+        if (opening.resumeToken) hello.resume_token = opening.resumeToken;
+        hello.last_seq = opening.lastSeq;
+      }
+      if (opening.metadata) hello.metadata = opening.metadata;
+      this.send(hello);
+    };
+    ws.onmessage = (e) => host.frame(e.data);
+    ws.onclose = (e) => host.closed({ code: e.code, reason: e.reason });
+    ws.onerror = () => {}; // a close event always follows
+  }
+
+  send(obj) {
+    const ws = this._ws;
+    if (!ws || ws.readyState !== 1) return false;
+    try {
+      ws.send(JSON.stringify(obj));
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  close(code = 1000, reason = "") {
+    const ws = this._ws;
+    this._ws = null;
+    if (!ws) return;
+    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    try {
+      ws.close(code, reason);
+    } catch {
+      /* already closed */
+    }
+  }
+}
+
+/**
+ * A server-sent events parser (the WHATWG EventSource rules), fed decoded text in chunks of
+ * any size: lines end with CRLF, LF or CR (also when a CRLF is split between chunks), `data`
+ * lines join with "\n", a blank line dispatches, comments (`: heartbeat`) are reported too.
+ * `onEvent({type, data, id})` (type "message" when the event has no `event:` line);
+ * `onComment(text)`. `lastEventId` and `retry` keep the stream's last values.
+ */
+export class SseParser {
+  constructor(onEvent, onComment = () => {}) {
+    this.onEvent = onEvent;
+    this.onComment = onComment;
+    this.lastEventId = "";
+    this.retry = null;
+    this._buf = "";
+    this._data = [];
+    this._type = "";
+    this._started = false;
+    this._afterCR = false; // the last chunk ended with CR: a LF starting the next one is the same break
+  }
+
+  push(text) {
+    if (!text) return;
+    if (!this._started) {
+      this._started = true;
+      if (text.charCodeAt(0) === 0xfeff) text = text.slice(1); // a byte order mark is not content
+    }
+    if (this._afterCR && text[0] === "\n") text = text.slice(1);
+    this._afterCR = false;
+    let buf = this._buf + text;
+    let start = 0;
+    for (;;) {
+      let i = start;
+      while (i < buf.length && buf[i] !== "\n" && buf[i] !== "\r") i++;
+      if (i >= buf.length) break;
+      const line = buf.slice(start, i);
+      if (buf[i] === "\r") {
+        if (i + 1 < buf.length) start = buf[i + 1] === "\n" ? i + 2 : i + 1;
+        else {
+          start = i + 1;
+          this._afterCR = true;
+        }
+      } else start = i + 1;
+      this._line(line);
+    }
+    this._buf = buf.slice(start);
+  }
+
+  /** The stream ended: an event without its blank line is dropped, as EventSource does. */
+  end() {
+    this._buf = "";
+    this._data = [];
+    this._type = "";
+  }
+
+  _line(line) {
+    if (line === "") {
+      if (this._data.length) {
+        const ev = { type: this._type || "message", data: this._data.join("\n"), id: this.lastEventId };
+        this._data = [];
+        this._type = "";
+        this.onEvent(ev);
+      } else this._type = "";
+      return;
+    }
+    if (line[0] === ":") {
+      this.onComment(line.slice(line[1] === " " ? 2 : 1));
+      return;
+    }
+    const colon = line.indexOf(":");
+    const field = colon < 0 ? line : line.slice(0, colon);
+    let value = colon < 0 ? "" : line.slice(colon + 1);
+    if (value[0] === " ") value = value.slice(1);
+    if (field === "data") this._data.push(value);
+    else if (field === "event") this._type = value;
+    else if (field === "id") {
+      if (!value.includes("\0")) this.lastEventId = value;
+    } else if (field === "retry") {
+      if (/^[0-9]+$/.test(value)) this.retry = Number(value);
+    }
+  }
+}
+
+// Refusals of the session itself (not of one request): the WebSocket closes with these codes,
+// so over HTTP the transport closes with them too and the client reacts the same way.
+const SESSION_CLOSE = new Map([
+  ["invalid_message", CloseCode.BAD_HANDSHAKE],
+  ["unauthorized", CloseCode.UNAUTHORIZED],
+  ["unsupported_version", CloseCode.UNSUPPORTED_VERSION],
+  ["session_not_found", CloseCode.SESSION_NOT_FOUND],
+  ["session_lost", CloseCode.SESSION_LOST],
+  ["rate_limited", CloseCode.POLICY_VIOLATION],
+]);
+// Of those, the ones that end the connection when a request (not the opening) gets them.
+const SESSION_LEVEL = new Set(["unauthorized", "unsupported_version", "session_not_found", "session_lost"]);
+
+/**
+ * An HTTP error answer as the `error` event the WebSocket would have sent, or null when it
+ * is not Parley's (no `{"error": {code, ...}}` body: a proxy or a server without the route).
+ */
+async function errorEventOf(res, ref = undefined) {
+  let body = null;
+  try {
+    body = JSON.parse(await res.text());
+  } catch {
+    body = null;
+  }
+  const e = body && typeof body === "object" ? body.error : null;
+  if (!e || typeof e !== "object" || typeof e.code !== "string") return null;
+  const ev = { type: "error", code: e.code, message: e.message ?? e.code, retryable: !!e.retryable };
+  let after = typeof e.retry_after_ms === "number" ? e.retry_after_ms : null;
+  const header = res.headers?.get?.("retry-after");
+  if (after == null && header && /^[0-9]+$/.test(header.trim())) after = Number(header.trim()) * 1000;
+  if (after != null) ev.retry_after_ms = after;
+  if (e.trace_id) ev.trace_id = e.trace_id;
+  if (ref || e.ref) ev.ref = { ...(e.ref || {}), ...(ref || {}) };
+  return ev;
+}
+
+// Client frames as HTTP requests: type -> (frame) => [path under /v1/sessions/{id}, body].
+// A frame type without a route here is not sent (send() answers false) over HTTP.
+const HTTP_ROUTES = {
+  "message.send": ({ type, ...body }) => ["/messages", body],
+  "response.cancel": ({ response_id }) => [`/responses/${encodeURIComponent(response_id)}/cancel`, {}],
+  feedback: ({ type, ...body }) => ["/feedback", body],
+};
+
+// The `ref` an error of each request names (as the WebSocket's error events do).
+const refOf = (frame) => {
+  const ref = { type: frame.type };
+  if (frame.client_msg_id) ref.client_msg_id = frame.client_msg_id;
+  if (frame.response_id) ref.response_id = frame.response_id;
+  return ref;
+};
+
+/**
+ * Server-sent events + POST (docs/http.md): `POST /v1/sessions` opens a session, `GET
+ * .../events` with `Last-Event-ID` tails its log (replay, then live), and each client frame
+ * is a POST. fetch() rather than EventSource, which cannot send the credentials headers
+ * (`Parley-Resume-Token`, `Authorization`) nor choose its `Last-Event-ID`.
+ */
+class SseTransport {
+  constructor(client, host) {
+    this.kind = "sse";
+    this._client = client;
+    this._host = host;
+    this._abort = new AbortController();
+    this._closed = false;
+    this._opening = null;
+    this._sessionId = null;
+    this._resumeToken = null;
+  }
+
+  open(opening) {
+    this._opening = opening;
+    this._run(opening).catch((err) => this._fail(CloseCode.ABNORMAL, String(err?.message ?? err)));
+  }
+
+  send(frame) {
+    if (this._closed || !this._sessionId) return false;
+    const route = HTTP_ROUTES[frame.type];
+    if (!route) return false; // ping: the event stream's heartbeats prove liveness
+    const [path, body] = route(frame);
+    const headers = { "Content-Type": "application/json" };
+    if (frame.type === "message.send") headers.Prefer = "respond-async"; // the events come on the stream
+    this._post(frame, path, body, headers);
+    return true;
+  }
+
+  close() {
+    if (this._closed) return;
+    this._closed = true;
+    this._abort.abort();
+  }
+
+  // ---------------------------------------------------------------- internals
+
+  _url(path) {
+    return `${this._client.httpUrl}${path}`;
+  }
+
+  _headers(extra = {}) {
+    const h = { ...extra };
+    const token = this._opening?.token;
+    if (token) h.Authorization = `Bearer ${token}`;
+    if (this._resumeToken) h["Parley-Resume-Token"] = this._resumeToken;
+    return h;
+  }
+
+  _fetch(path, init) {
+    return this._client._fetch(this._url(path), { ...init, signal: this._abort.signal });
+  }
+
+  _fail(code, reason) {
+    if (this._closed) return;
+    this.close();
+    this._host.closed({ code, reason });
+  }
+
+  /** An error answer to the opening: the close the WebSocket would have given. */
+  async _refused(res) {
+    const ev = await errorEventOf(res);
+    if (this._closed) return;
+    if (!ev) {
+      this._fail(CloseCode.ABNORMAL, `HTTP ${res.status}`); // not Parley's answer: the path failed
+      return;
+    }
+    this._host.event(ev);
+    this._fail(SESSION_CLOSE.get(ev.code) ?? CloseCode.GOING_AWAY, ev.code);
+  }
+
+  async _run(opening) {
+    const sessions = "/sessions";
+    let resumed = !!opening.sessionId;
+    this._sessionId = opening.sessionId;
+    this._resumeToken = opening.resumeToken;
+    if (!resumed) {
+      const res = await this._fetch(sessions, {
+        method: "POST",
+        headers: this._headers({ "Content-Type": "application/json" }),
+        body: JSON.stringify(opening.metadata ? { metadata: opening.metadata } : {}),
+      });
+      if (this._closed) return;
+      if (!res.ok) return this._refused(res);
+      const created = await res.json();
+      if (this._closed) return;
+      if (typeof created?.session_id !== "string") {
+        this._fail(CloseCode.ABNORMAL, "POST /sessions: no session_id");
+        return;
+      }
+      this._sessionId = created.session_id;
+      this._resumeToken = created.resume_token ?? null;
+    }
+    const cursor = resumed ? opening.lastSeq : 0;
+    const res = await this._fetch(`${sessions}/${encodeURIComponent(this._sessionId)}/events`, {
+      method: "GET",
+      headers: this._headers({ Accept: "text/event-stream", "Last-Event-ID": String(cursor) }),
+    });
+    if (this._closed) return;
+    if (!res.ok) return this._refused(res);
+    const type = res.headers?.get?.("content-type") ?? "";
+    if (!type.startsWith("text/event-stream") || !res.body) {
+      this._fail(CloseCode.ABNORMAL, `events: not an event stream (${type || "no content-type"})`);
+      return;
+    }
+    // The stream is open: this is the HTTP API's session.ready. The log's newest seq is not
+    // told, so the cursor stands for it: the outbox is resent at once, which client_msg_id
+    // makes harmless (a repeated POST never starts a second turn).
+    this._host.event({
+      type: "session.ready",
+      session_id: this._sessionId,
+      resume_token: this._resumeToken,
+      protocol: PROTOCOL,
+      heartbeat_interval_ms: this._client.heartbeatIntervalMs,
+      resumed,
+      recovered: true,
+      last_seq: cursor,
+    });
+    await this._read(res.body);
+  }
+
+  async _read(body) {
+    const host = this._host;
+    const parser = new SseParser(
+      (ev) => !this._closed && host.frame(ev.data),
+      () => !this._closed && host.alive(),
+    );
+    const reader = body.getReader();
+    const decoder = new TextDecoder();
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (this._closed) return;
+        if (done) break;
+        parser.push(typeof value === "string" ? value : decoder.decode(value, { stream: true }));
+      }
+    } catch (err) {
+      this._fail(CloseCode.ABNORMAL, `event stream failed: ${err?.message ?? err}`);
+      return;
+    } finally {
+      if (this._closed) reader.cancel().catch(() => {});
+    }
+    parser.end();
+    this._fail(CloseCode.GOING_AWAY, "event stream ended"); // a server going away: resume elsewhere
+  }
+
+  async _post(frame, path, body, extraHeaders) {
+    const where = `/sessions/${encodeURIComponent(this._sessionId)}${path}`;
+    let res;
+    try {
+      res = await this._fetch(where, {
+        method: "POST",
+        headers: this._headers(extraHeaders),
+        body: JSON.stringify(body),
+      });
+    } catch (err) {
+      // No answer: whether it arrived is unknown. Start over; the resend is idempotent.
+      this._fail(CloseCode.ABNORMAL, `POST ${path}: ${err?.message ?? err}`);
+      return;
+    }
+    if (this._closed) return;
+    if (res.ok) {
+      let answer = null;
+      try {
+        answer = await res.json();
+      } catch {
+        answer = null;
+      }
+      if (!this._closed) this._host.answered(frame, answer);
+      return;
+    }
+    const ev = await errorEventOf(res, refOf(frame));
+    if (this._closed) return;
+    if (!ev) {
+      this._fail(CloseCode.ABNORMAL, `POST ${path}: HTTP ${res.status}`);
+      return;
+    }
+    if (SESSION_LEVEL.has(ev.code)) {
+      delete ev.ref; // about the session, as the WebSocket's error before its close
+      this._host.event(ev);
+      this._fail(SESSION_CLOSE.get(ev.code), ev.code);
+      return;
+    }
+    this._host.event(ev);
+  }
+}
+
+/** The HTTP API's base URL for a WebSocket URL: ws(s)://host/v1/ws -> http(s)://host/v1. */
+function httpUrlOf(wsUrl) {
+  const u = new URL(wsUrl);
+  if (u.protocol === "ws:") u.protocol = "http:";
+  else if (u.protocol === "wss:") u.protocol = "https:";
+  u.search = "";
+  u.hash = "";
+  u.pathname = u.pathname.replace(/\/+$/, "").replace(/\/ws$/, "") || "/v1";
+  return u.href.replace(/\/+$/, "");
+}
+
+// ============================================================= end of transports
+
 export class ParleyClient extends EventTarget {
   /**
    * `new ParleyClient(url?, options?)` or `new ParleyClient(options?)`.
@@ -220,13 +641,33 @@ export class ParleyClient extends EventTarget {
    * @param {number} [options.maxFrameBytes]  refuse to send frames larger than this (65536)
    * @param {number} [options.maxSendRetries] retryable send errors before send() rejects (8)
    * @param {string} [options.profile]        default profile for send()
+   * @param {string} [options.transport]      "auto" (default): WebSocket, falling back to SSE + POST
+   *                                          when it fails before session.ready; "websocket"; "sse"
+   * @param {number} [options.fallbackAfter]  WebSocket attempts failing before session.ready, in a
+   *                                          row, after which "auto" switches transport (2)
+   * @param {string} [options.httpUrl]        the HTTP API's base; default the url's, /v1/ws -> /v1
+   * @param {function} [options.fetch]        fetch implementation for SSE + POST; default globalThis.fetch
    */
   constructor(urlOrOptions = {}, maybeOptions = {}) {
     super();
     const options = typeof urlOrOptions === "string" ? { ...maybeOptions, url: urlOrOptions } : urlOrOptions;
+    // ---- transport choice (see "transports" above)
+    const transport = options.transport ?? "auto";
+    if (!TRANSPORT_OPTIONS.has(transport)) {
+      throw new TypeError(`ParleyClient: transport must be "auto", "websocket" or "sse", not ${JSON.stringify(transport)}`);
+    }
     this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
-    if (typeof this._WebSocket !== "function") throw new TypeError(NO_WEBSOCKET);
+    if (transport !== "sse" && typeof this._WebSocket !== "function") throw new TypeError(NO_WEBSOCKET);
+    const fetchImpl = options.fetch ?? globalThis.fetch;
+    this._fetch = typeof fetchImpl === "function" ? (url, init) => fetchImpl(url, init) : null;
+    if (transport === "sse" && !this._fetch) throw new TypeError("ParleyClient: transport \"sse\" needs fetch()");
+    // "auto" without fetch can only use the WebSocket.
+    this._transportMode = transport === "auto" && !this._fetch ? "websocket" : transport;
+    this._transportKind = transport === "sse" ? "sse" : "websocket"; // the one the next attempt uses
+    this._pathFailures = 0; // attempts in a row that failed before session.ready on this transport
     this.url = options.url ?? defaultUrl();
+    this.httpUrl = (options.httpUrl ?? httpUrlOf(this.url)).replace(/\/+$/, "");
+    // ---- end of transport choice
     this.options = {
       token: options.token ?? null,
       metadata: options.metadata ?? null,
@@ -239,6 +680,7 @@ export class ParleyClient extends EventTarget {
       maxFrameBytes: options.maxFrameBytes ?? 65536,
       maxSendRetries: options.maxSendRetries ?? 8,
       profile: options.profile ?? null,
+      fallbackAfter: Math.max(1, options.fallbackAfter ?? 2),
     };
     // Injection points, used by tests (fake sockets and clocks) and exotic hosts.
     this._storage = options.storage === undefined ? defaultStorage() : options.storage;
@@ -259,8 +701,9 @@ export class ParleyClient extends EventTarget {
     // Connection state.
     this.heartbeatIntervalMs = 15000;
     this.status = { state: "idle" };
-    this._ws = null;
-    this._gen = 0; // bumps on every socket; stale callbacks compare and bail out
+    this._transport = null; // the current connection attempt's transport (WebSocket or SSE + POST)
+    this._provenTransport = null; // the last transport that reached session.ready
+    this._gen = 0; // bumps on every connection attempt; stale callbacks compare and bail out
     this._readyGen = 0; // gen of the socket that got session.ready
     this._attempt = 0;
     this._everReady = false;
@@ -273,7 +716,15 @@ export class ParleyClient extends EventTarget {
     this._readyWaiters = [];
     this._listeners = new Map();
     this._resynced = false;
-    this.stats = { connects: 0, resumes: 0, reconnects: 0, duplicatesDropped: 0, gaps: 0, snapshots: 0 };
+    this.stats = {
+      connects: 0,
+      resumes: 0,
+      reconnects: 0,
+      duplicatesDropped: 0,
+      gaps: 0,
+      snapshots: 0,
+      transportSwitches: 0,
+    };
 
     this._restore();
     this._bindEnvironment();
@@ -501,6 +952,9 @@ export class ParleyClient extends EventTarget {
     this.sessionId = raw.session_id;
     this.resumeToken = raw.resume_token ?? null;
     this.lastSeq = Number.isInteger(raw.last_seq) && raw.last_seq >= 0 ? raw.last_seq : 0;
+    if (this._transportMode === "auto" && (raw.transport === "websocket" || raw.transport === "sse")) {
+      this._transportKind = this._provenTransport = raw.transport; // the one that worked in this tab
+    }
     this._turns = Array.isArray(raw.turns) ? raw.turns : [];
     if (!Array.isArray(raw.turns)) this.lastSeq = 0; // no transcript stored: replay everything
     for (const m of raw.outbox || []) {
@@ -518,6 +972,7 @@ export class ParleyClient extends EventTarget {
       resume_token: this.resumeToken,
       last_seq: withTurns ? this.lastSeq : 0,
       turns: withTurns ? this._turns : undefined,
+      transport: this._transportMode === "auto" ? (this._provenTransport ?? undefined) : undefined,
       outbox: this._pending
         .filter((p) => !p.messageId)
         .map((p) => ({ client_msg_id: p.clientMsgId, content: p.content, extra: p.extra })),
@@ -586,51 +1041,48 @@ export class ParleyClient extends EventTarget {
 
   _openSocket(gen, token) {
     if (gen !== this._gen || this._closedByUser) return;
-    let ws;
-    try {
-      ws = new this._WebSocket(this.url, PROTOCOL);
-    } catch (err) {
-      this._onClose(gen, { code: CloseCode.ABNORMAL, reason: String(err) });
-      return;
-    }
-    this._ws = ws;
+    // What the transport opens with: a WebSocket's hello; over HTTP, POST /sessions (when
+    // there is no session yet) and the event stream from the same seq cursor.
+    const opening = {
+      token: token || null,
+      metadata: this.options.metadata,
+      sessionId: this.sessionId,
+      resumeToken: this.sessionId ? this.resumeToken : null,
+      lastSeq: this.sessionId ? this.lastSeq : 0,
+    };
+    this._helloLastSeq = opening.lastSeq;
+    // The host: the transport's way in, bound to this attempt (a stale transport's calls are ignored).
+    const host = {
+      frame: (data) => this._onFrame(gen, data),
+      event: (ev) => this._onEvent(gen, ev),
+      alive: () => {
+        if (gen === this._gen) this._lastRx = this._now();
+      },
+      answered: (frame, body) => {
+        if (gen === this._gen) this._onAnswered(frame, body);
+      },
+      closed: (info) => this._onClose(gen, info),
+    };
+    const transport =
+      this._transportKind === "sse" ? new SseTransport(this, host) : new WebSocketTransport(this, host);
+    this._transport = transport;
+    this._heard = false; // anything from the server on this attempt (then a failure is not the path's)
     this._connError = null;
     this._openedAt = this._now();
     this._lastRx = this._openedAt;
     this._pingSentAt = 0;
-    ws.onopen = () => {
-      if (gen !== this._gen) return;
-      const hello = { type: "hello", protocol: PROTOCOL };
-      if (token) hello.token = token;
-      if (this.sessionId) {
-        hello.session_id = this.sessionId;
-        if (this.resumeToken) hello.resume_token = this.resumeToken;
-        hello.last_seq = this.lastSeq;
-      }
-      this._helloLastSeq = hello.last_seq ?? 0;
-      if (this.options.metadata) hello.metadata = this.options.metadata;
-      this._sendFrame(hello);
-    };
-    ws.onmessage = (e) => this._onFrame(gen, e.data);
-    ws.onclose = (e) => this._onClose(gen, { code: e.code, reason: e.reason });
-    ws.onerror = () => {}; // a close event always follows
     this._startWatchdog(gen);
+    transport.open(opening);
   }
 
-  /** Detach from the current socket at once (its late events are ignored) and close it. */
+  /** Detach from the current transport at once (its late events are ignored) and close it. */
   _abandonSocket(code = 1000, reason = "") {
-    const ws = this._ws;
-    this._ws = null;
+    const t = this._transport;
+    this._transport = null;
     this._gen++;
     this._stopWatchdog();
     this._clearTimer("catchUp");
-    if (!ws) return;
-    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
-    try {
-      ws.close(code, reason);
-    } catch {
-      /* already closed */
-    }
+    t?.close(code, reason);
   }
 
   /** Treat the current socket as dead now (watchdog, gap, offline) and reconnect. */
@@ -642,7 +1094,7 @@ export class ParleyClient extends EventTarget {
 
   _onClose(gen, { code, reason }) {
     if (gen !== this._gen) return;
-    this._ws = null;
+    this._transport = null; // closed by the other side (or by itself, over HTTP)
     this._gen++;
     this._stopWatchdog();
     this._clearTimer("catchUp");
@@ -652,6 +1104,7 @@ export class ParleyClient extends EventTarget {
 
   _afterDisconnect({ code, reason }) {
     const wasReady = this.status.state === "connected";
+    this._countPathFailure(wasReady, code);
     // Whatever was sent on the dead socket must be sent again on the next one.
     for (const p of this._pending) if (!p.messageId) p.sentGen = 0;
     for (const c of this._cancels.values()) c.sentGen = 0;
@@ -712,6 +1165,40 @@ export class ParleyClient extends EventTarget {
     this._scheduleReconnect({ code, reason });
   }
 
+  // ---- transport fallback ("auto"): which transport the next attempt uses
+
+  /**
+   * Count an attempt that ended before session.ready with no word from the server (an upgrade
+   * a proxy refused, a connection cut, a connect timeout); after `fallbackAfter` in a row,
+   * "auto" switches to the other transport for the next attempt (after the usual backoff, so
+   * a server that is simply down is not hammered by alternating transports).
+   */
+  _countPathFailure(wasReady, code) {
+    const offline = this._env?.navigator?.onLine === false; // no transport would have done better
+    if (wasReady || this._heard || !PATH_FAILURE_CLOSE.has(code) || offline) {
+      if (!offline) this._pathFailures = 0;
+      return;
+    }
+    this._pathFailures += 1;
+    if (this._transportMode !== "auto" || this._pathFailures < this.options.fallbackAfter) return;
+    const previous = this._transportKind;
+    this._transportKind = previous === "websocket" ? "sse" : "websocket";
+    this._pathFailures = 0;
+    this.stats.transportSwitches += 1;
+    this._emit("transport", {
+      transport: this._transportKind,
+      previous,
+      reason: `${previous} failed ${this.options.fallbackAfter} times in a row before session.ready`,
+    });
+  }
+
+  /** The transport in use (or being tried): "websocket" or "sse". */
+  get transport() {
+    return this._transportKind;
+  }
+
+  // ---- end of transport fallback
+
   _scheduleReconnect({ code, reason }) {
     this._clearTimer("reconnect");
     let delay = backoffDelay(this._attempt, this.options.backoff, this._random);
@@ -769,7 +1256,7 @@ export class ParleyClient extends EventTarget {
     });
     env.addEventListener("offline", () => {
       // The socket cannot survive this; waiting for the watchdog would only delay the resume.
-      if (this._closedByUser || !this._ws) return;
+      if (this._closedByUser || !this._transport) return;
       this._drop("offline");
     });
     env.addEventListener("pagehide", () => this._saveNow());
@@ -843,7 +1330,7 @@ export class ParleyClient extends EventTarget {
   }
 
   _ping() {
-    if (this._ws && this._readyGen === this._gen) {
+    if (this._transport && this._readyGen === this._gen) {
       this._pingSentAt = this._now();
       this._sendFrame({ type: "ping", nonce: randomId("p") });
     }
@@ -852,25 +1339,26 @@ export class ParleyClient extends EventTarget {
   // ----------------------------------------------------------------- frames
 
   _sendFrame(obj) {
-    const ws = this._ws;
-    if (!ws || ws.readyState !== 1) return false;
-    try {
-      ws.send(JSON.stringify(obj));
-      return true;
-    } catch {
-      return false;
-    }
+    return this._transport ? this._transport.send(obj) : false;
   }
 
   _onFrame(gen, data) {
     if (gen !== this._gen) return;
-    this._lastRx = this._now();
     let ev;
     try {
       ev = JSON.parse(typeof data === "string" ? data : new TextDecoder().decode(data));
     } catch {
+      this._lastRx = this._now();
       return; // not ours to interpret; the server never sends this
     }
+    this._onEvent(gen, ev);
+  }
+
+  /** One server event, from whichever transport. */
+  _onEvent(gen, ev) {
+    if (gen !== this._gen) return;
+    this._heard = true;
+    this._lastRx = this._now();
     if (!ev || typeof ev !== "object" || typeof ev.type !== "string") return;
     if (LOGGED.has(ev.type) || (!EPHEMERAL.has(ev.type) && typeof ev.seq === "number")) {
       if (this._readyGen !== gen) return; // logged events only make sense after session.ready
@@ -929,6 +1417,8 @@ export class ParleyClient extends EventTarget {
     this.resumeToken = ev.resume_token ?? this.resumeToken;
     if (ev.heartbeat_interval_ms > 0) this.heartbeatIntervalMs = ev.heartbeat_interval_ms;
     this._readyGen = gen;
+    this._pathFailures = 0;
+    this._provenTransport = this._transportKind; // "auto" starts with it after a reload
     this._readyAt = this._now();
     this._lastReady = ev;
     this._everReady = true;
@@ -968,6 +1458,10 @@ export class ParleyClient extends EventTarget {
       if (t && t.finishReason != null) this._settlePending(p, t, null);
     }
     this._saveNow();
+    if (this.status.state === "connected" && this.status.recovered !== false) {
+      // Over SSE the opening cannot say the log lost our gap; the snapshot itself does.
+      this._setStatus("connected", { resumed: true, recovered: false });
+    }
     this._emit("snapshot", ev);
     this._emit("conversation", { reason: "snapshot" });
     this._maybeCaughtUp();
@@ -1066,6 +1560,20 @@ export class ParleyClient extends EventTarget {
       default:
         this._emit("event", ev); // a newer server's logged event: seq consumed, content ignored
     }
+  }
+
+  /**
+   * A 2xx to a request sent over HTTP (SSE + POST). Its events come on the event stream; a
+   * message's answer names its response (the first turn's, for a repeated client_msg_id), so a
+   * send whose reply the log already showed finished settles now, as with message.duplicate.
+   */
+  _onAnswered(frame, body) {
+    if (frame.type !== "message.send" || typeof body?.response_id !== "string") return;
+    const p = this._pending.find((x) => x.clientMsgId === frame.client_msg_id);
+    if (!p) return;
+    p.responseId = p.responseId ?? body.response_id;
+    const t = this._turns.find((x) => x.id === p.responseId);
+    if (t && t.finishReason != null) this._settlePending(p, t, null);
   }
 
   _onDuplicate(ev) {
@@ -1197,7 +1705,7 @@ export class ParleyClient extends EventTarget {
   }
 
   _flush() {
-    if (!this._ws || this._readyGen !== this._gen || !this._caughtUp) return;
+    if (!this._transport || this._readyGen !== this._gen || !this._caughtUp) return;
     const gen = this._gen;
     for (const [id, c] of this._cancels) {
       if (c.sentGen !== gen && this._sendFrame({ type: "response.cancel", response_id: id })) c.sentGen = gen;
@@ -1227,7 +1735,7 @@ export class ParleyClient extends EventTarget {
   // ------------------------------------------------------------------ misc
 
   _setStatus(state, details) {
-    this.status = { state, sessionId: this.sessionId, ...details };
+    this.status = { state, sessionId: this.sessionId, transport: this._transportKind, ...details };
     this._emit("status", { ...this.status });
   }
 

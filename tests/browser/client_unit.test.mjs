@@ -102,6 +102,7 @@ function makeEnv({ random = () => 0.5, storage = new FakeStorage(), clock = new 
   }
   const client = new ParleyClient({
     url: "ws://test/v1/ws",
+    transport: "websocket", // these tests are about the core over a WebSocket; "auto" has its own file
     WebSocket: FakeWebSocket,
     storage,
     random,

@@ -1,4 +1,4 @@
-"""Runs the Node unit tests of web-demo/parley-client.js (reconnect, resume, dedupe, watchdog)."""
+"""Runs the Node unit tests of web-demo/parley-client.js (reconnect, resume, dedupe, watchdog, transports)."""
 
 from __future__ import annotations
 
@@ -11,17 +11,24 @@ import pytest
 HERE = Path(__file__).resolve().parent
 
 
-def test_client_module_unit_tests_pass_under_node() -> None:
-    """The client's reconnect/dedupe/watchdog/outbox logic passes its `node --test` suite."""
+@pytest.mark.parametrize(
+    "suite",
+    [
+        "client_unit.test.mjs",  # the core over a WebSocket: reconnect, dedupe, watchdog, outbox
+        "client_transport.test.mjs",  # the SSE parser, SSE + POST, the "auto" fallback
+    ],
+)
+def test_client_module_unit_tests_pass_under_node(suite: str) -> None:
+    """The client's `node --test` suite passes, with at least one test run and none failed."""
     node = shutil.which("node")
     if node is None:
         pytest.fail("node is not installed")
     proc = subprocess.run(
-        [node, "--test", str(HERE / "client_unit.test.mjs")],
+        [node, "--test", "--test-timeout=30000", str(HERE / suite)],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         cwd=HERE.parent.parent,
     )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
-    assert "# fail 0" in proc.stdout
+    assert "# fail 0" in proc.stdout and "# pass 0" not in proc.stdout

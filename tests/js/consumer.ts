@@ -6,6 +6,7 @@ import ParleyDefault, {
   CLIENT_TYPES,
   ParleyClient,
   ParleyError,
+  SseParser,
   type AssistantTurn,
   type ParleyEvent,
   type ResponseCompletedEvent,
@@ -16,6 +17,15 @@ async function main(): Promise<void> {
   const client = new ParleyClient("ws://127.0.0.1:8000/v1/ws", { storage: null, token: async () => "jwt" });
   const same: ParleyClient = new ParleyDefault({ url: "ws://127.0.0.1:8000/v1/ws" });
   same.close();
+  const sse = new ParleyClient({ url: "ws://127.0.0.1:8000/v1/ws", transport: "sse", fetch, WebSocket: null });
+  const auto = new ParleyClient({ transport: "auto", fallbackAfter: 3, httpUrl: "http://127.0.0.1:8000/v1" });
+  const kind: "websocket" | "sse" = sse.transport;
+  auto.on("transport", (t) => console.log(t.previous, "->", t.transport, t.reason, auto.httpUrl, kind));
+  console.log(auto.status.transport, auto.stats.transportSwitches);
+  const parser = new SseParser((ev) => console.log(ev.type, ev.data, ev.id), (c) => console.log(c));
+  parser.push("data: x\n\n");
+  // @ts-expect-error: no such transport
+  new ParleyClient({ transport: "long-polling" });
 
   const ready = await client.connect();
   const sessionId: string = ready.session_id;
