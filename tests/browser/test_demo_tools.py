@@ -97,7 +97,7 @@ def test_deny_sends_the_refusal_and_leaves_the_page_alone(page: Page, parley: Pa
 def test_a_reload_while_the_card_is_shown_shows_it_again_and_allow_continues_once(
     page: Page, parley: Parley
 ) -> None:
-    """Reloading with the card on screen re-renders it from the log; Allow then runs the tool once, one continuation."""
+    """A reload with the card on screen re-renders it; Allow then runs the tool once, one continuation."""
     open_demo(page, parley.http)
     say(page, DARK)
     wait_for_card(page)
@@ -116,7 +116,7 @@ def test_a_reload_while_the_card_is_shown_shows_it_again_and_allow_continues_onc
 def test_reasoning_is_shown_collapsed_in_the_reply(
     page: Page, parley_factory: Callable[..., Parley], tmp_path: Path
 ) -> None:
-    """With a profile that streams reasoning, /think shows it in the reply, behind a closed Reasoning toggle."""
+    """With a profile that streams reasoning, /think shows it in the reply behind a closed toggle."""
     profiles = tmp_path / "profiles.toml"
     profiles.write_text('[profiles.thinker]\nprovider = "echo"\nmodel = "echo"\nreasoning = "stream"\n')
     parley = parley_factory(profiles=str(profiles))
