@@ -7,13 +7,17 @@ from .client import PROTOCOL, ParleyClient, Reply
 from .errors import ParleyClosed, ParleyError, ResponseTimeout, UnknownServerError
 from .events import UnknownEvent
 from .sync import SyncParleyClient, SyncTurn
+from .tools import CallState, ClientTool, PendingCall, tool
 from .turn import TurnStream
 
 __all__ = [
     "PROTOCOL",
+    "CallState",
+    "ClientTool",
     "ParleyClient",
     "ParleyClosed",
     "ParleyError",
+    "PendingCall",
     "Reply",
     "ResponseTimeout",
     "SyncParleyClient",
@@ -21,4 +25,5 @@ __all__ = [
     "TurnStream",
     "UnknownEvent",
     "UnknownServerError",
+    "tool",
 ]

@@ -15,6 +15,10 @@ Two layers on one connection:
 A ``message.send`` (and a cancel or a rating) made while disconnected waits in the outbox and
 is sent once the resume has replayed what the server already had, with its original
 ``client_msg_id``: never lost, never doubled (a repeat is answered by ``message.duplicate``).
+
+Tools (``tools=[...]``, ``approve=callback``; see ``client/tools.py``) are declared in ``hello``
+and run when the model calls them, while events are being read (a turn's iteration, ``ask``,
+``events()``); their results go through the same outbox, resent after a resume until logged.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import contextlib
 import json
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -34,6 +38,7 @@ from websockets.exceptions import ConnectionClosed
 
 from parley.protocol import PROTOCOL_VERSION, ParleyError
 from parley.protocol.messages import ResponseCompleted
+from parley.protocol.tools import ToolSpec
 
 from .errors import ParleyClosed, error_event_to_exception, error_from_close, resumable_close
 from .events import (
@@ -47,10 +52,23 @@ from .events import (
     HEARTBEAT,
     HELLO,
     PING,
+    REASONING_DELTA,
     SEND,
     SNAPSHOT,
     STARTED,
+    TOOL_CALLS_FINISH,
+    TOOL_RESULT_DUPLICATE,
     to_model,
+)
+from .tools import (
+    DENIED,
+    ApprovalCallback,
+    CallState,
+    PendingCall,
+    ToolCalls,
+    ToolLike,
+    call_maybe_async,
+    spec_of,
 )
 
 if TYPE_CHECKING:
@@ -133,6 +151,8 @@ class ParleyClient:
         first_event_timeout: float = FIRST_EVENT_TIMEOUT_S,
         idle_timeout: float = IDLE_TIMEOUT_S,
         heartbeat_misses: int | None = 2,
+        tools: Iterable[ToolLike] = (),
+        approve: ApprovalCallback | None = None,
     ) -> None:
         self.url = url
         self.token = token
@@ -167,6 +187,16 @@ class ParleyClient:
         self.response_of: dict[str, str] = {}  # message_id -> response_id
         self.texts: dict[str, list[str]] = {}  # response_id -> text parts received
         self.completed: dict[str, dict[str, Any]] = {}  # response_id -> response.completed
+        # tool calls (issue 17): declared tools, every call of the session, answers not yet logged
+        self.continuations: dict[str, str] = {}  # response_id -> the continuation after its tool results
+        self.reasoning: dict[str, str] = {}  # response_id -> reasoning text received
+        self.tool_calls = ToolCalls()
+        self.tool_calls.add(tools)
+        self.approve = approve  # asked before a tool made with approve=True runs, and by server tools
+        asking = [t.name for t in self.tool_calls.tools.values() if t.approve]
+        if asking and approve is None:
+            raise ValueError(f"tools {asking} ask for approval: pass approve=<callback>")
+        self._flush_lock = asyncio.Lock()  # the reader and tool tasks both flush
 
     # ------------------------------------------------------------ connection
 
@@ -190,6 +220,8 @@ class ParleyClient:
             hello["token"] = self.token
         if self.metadata:
             hello["metadata"] = self.metadata
+        if self.tool_calls.tools:
+            hello["tools"] = self.tool_calls.specs()
         if self.session_id:
             hello.update(session_id=self.session_id, resume_token=self.resume_token, last_seq=self.last_seq)
         await self._ws.send(json.dumps(hello))
@@ -216,6 +248,8 @@ class ParleyClient:
 
     async def close(self) -> None:
         self._closing = True
+        for task in list(self.tool_calls.tasks):  # a handler or an approval still waiting: stop it
+            task.cancel()
         if self._ws is not None:
             await self._ws.close()
 
@@ -259,8 +293,13 @@ class ParleyClient:
         metadata: dict[str, Any] | None = None,
         first_event_timeout: float | None = None,
         idle_timeout: float | None = None,
+        tools: Sequence[ToolLike | ToolSpec | dict[str, Any]] | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
     ) -> TurnStream:
-        """One turn: ``async with c.stream("Hi") as turn: async for ev in turn: ...`` (typed events)."""
+        """One turn: ``async with c.stream("Hi") as turn: async for ev in turn: ...`` (typed events).
+
+        A reply that calls tools goes on through the calls, their results and the continuation.
+        """
         from .turn import TurnStream
 
         return TurnStream(
@@ -270,6 +309,8 @@ class ParleyClient:
             profile=profile,
             response_format=response_format,
             metadata=metadata,
+            tools=tools,
+            tool_choice=tool_choice,
             first_event_timeout=first_event_timeout or self.first_event_timeout,
             idle_timeout=idle_timeout or self.idle_timeout,
         )
@@ -285,6 +326,8 @@ class ParleyClient:
         first_event_timeout: float | None = None,
         idle_timeout: float | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - an optional total cap on top of the two bounds
+        tools: Sequence[ToolLike | ToolSpec | dict[str, Any]] | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
     ) -> Reply:
         """Send a turn and return its whole reply (whatever its ``finish_reason``; see ``Reply.error``).
 
@@ -298,6 +341,8 @@ class ParleyClient:
             metadata=metadata,
             first_event_timeout=first_event_timeout,
             idle_timeout=idle_timeout,
+            tools=tools,
+            tool_choice=tool_choice,
         )
         async with asyncio.timeout(timeout), turn:
             async for _ in turn:
@@ -321,10 +366,14 @@ class ParleyClient:
         profile: str | None = None,
         response_format: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
+        tools: Sequence[ToolLike | ToolSpec | dict[str, Any]] | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
     ) -> str:
         """Send a user turn; returns its ``client_msg_id`` (the idempotency key).
 
-        Disconnected, the message waits in the outbox and goes out after the resume.
+        Disconnected, the message waits in the outbox and goes out after the resume. ``tools``:
+        declared for this turn only (a ``@tool`` or pair is also run here; a bare spec is answered
+        by you with ``send_tool_result``); ``tool_choice``: "auto", "none", "required" or {"name": X}.
         """
         cid = client_msg_id or uuid.uuid4().hex
         msg: dict[str, Any] = {"type": SEND, "client_msg_id": cid, "content": content}
@@ -334,6 +383,10 @@ class ParleyClient:
             msg["response_format"] = response_format
         if metadata:
             msg["metadata"] = metadata
+        if tools:
+            msg["tools"] = [self._turn_tool(t) for t in tools]
+        if tool_choice:
+            msg["tool_choice"] = tool_choice
         self._outbox[cid] = msg
         self._written_on.pop(cid, None)  # an explicit resend is written again, even on this connection
         await self._flush()
@@ -356,6 +409,86 @@ class ParleyClient:
         if tags:
             msg["tags"] = tags
         await self._control(msg)
+
+    # ------------------------------------------------------------ tool calls (issue 17)
+
+    def _turn_tool(self, item: ToolLike | ToolSpec | dict[str, Any]) -> dict[str, Any]:
+        """One ``message.send.tools`` entry; a tool with a handler is also registered to run here."""
+        if isinstance(item, ToolSpec):
+            return item.model_dump()
+        if isinstance(item, dict):
+            return spec_of(item).model_dump()
+        (added,) = self.tool_calls.add([item])
+        if added.approve and self.approve is None:
+            raise ValueError(f"tool {added.name!r} asks for approval: pass approve=<callback> to the client")
+        return added.spec.model_dump()
+
+    @property
+    def pending_calls(self) -> list[PendingCall]:
+        """Calls still open: waiting for this client's result, the person's decision, or a server tool."""
+        return self.tool_calls.pending_calls()
+
+    def calls_of(self, response_id: str) -> list[CallState]:
+        """The calls one response made, in order, with their results once logged."""
+        return [c for c in self.tool_calls.calls.values() if c.response_id == response_id]
+
+    async def send_tool_result(self, call_id: str, output: Any, *, is_error: bool = False) -> None:
+        """Answer a call yourself (a tool declared without a handler); safe to repeat."""
+        self.tool_calls.handling.add(call_id)
+        self.tool_calls.answer(call_id, output, is_error=is_error)
+        await self._flush()
+
+    async def approve_tool(self, call_id: str, approved: bool) -> None:
+        """Decide on a server tool that asked (``tool.approval_requested``) without a callback."""
+        self.tool_calls.handling.add(call_id)
+        self.tool_calls.decide(call_id, approved)
+        await self._flush()
+
+    def _start_tools(self) -> None:
+        """Run or ask about every open call not yet handled here (only once the replay caught up)."""
+        for call in self.tool_calls.due():
+            self.tool_calls.handling.add(call.call_id)
+            task = asyncio.get_running_loop().create_task(self._handle_call(call))
+            self.tool_calls.tasks.add(task)
+            task.add_done_callback(self.tool_calls.tasks.discard)
+
+    async def _ask(self, call: CallState) -> bool | None:
+        """The approval callback's answer (None: no callback, left to the application)."""
+        if self.approve is None:
+            return None
+        return bool(await call_maybe_async(self.approve, call.pending()))
+
+    async def _handle_call(self, call: CallState) -> None:
+        calls = self.tool_calls
+        try:
+            if call.server:
+                try:
+                    approved = await self._ask(call)
+                except Exception:  # a failing callback is a no, never a silent yes
+                    approved = False
+                if approved is None:
+                    calls.handling.discard(call.call_id)
+                    return
+                calls.decide(call.call_id, approved)
+            else:
+                tool = calls.tools[call.name]
+                try:
+                    allowed = not tool.approve or bool(await self._ask(call))
+                except Exception as exc:
+                    calls.answer(call.call_id, f"{DENIED} (the approval failed: {exc})", is_error=True)
+                else:
+                    if not allowed:
+                        calls.answer(call.call_id, DENIED, is_error=True)
+                    else:
+                        try:
+                            output = await call_maybe_async(tool.handler, **(call.arguments or {}))
+                        except Exception as exc:  # the model is told, as an error result
+                            calls.answer(call.call_id, str(exc) or type(exc).__name__, is_error=True)
+                        else:
+                            calls.answer(call.call_id, output)
+            await self._flush()
+        except ConnectionClosed:
+            pass  # the answer stays in the outbox; the reader resumes and resends it
 
     async def ping(self, nonce: str | None = None) -> None:
         await self.send_json({"type": PING, "nonce": nonce} if nonce else {"type": PING})
@@ -383,9 +516,18 @@ class ParleyClient:
         return True
 
     async def _flush(self) -> None:
-        """Write what the outbox holds and this connection has not carried yet."""
+        """Write what the outbox holds and this connection has not carried yet; start due tools."""
         if not self._caught_up():
             return
+        async with self._flush_lock:
+            await self._flush_locked()
+        self._start_tools()
+
+    async def _flush_locked(self) -> None:
+        for item in self.tool_calls.to_write(self._connections):
+            if not await self._write(item.frame):
+                return
+            item.written_on = self._connections
         while self._controls:
             if not await self._write(self._controls[0]):
                 return
@@ -474,8 +616,7 @@ class ParleyClient:
             elif event.get("type") == SNAPSHOT:
                 self.last_seq = event["last_seq"]
             self._track(event)
-            if self._outbox or self._controls:
-                await self._flush()
+            await self._flush()  # the outbox, answers of tool calls, and calls now due
             yield event
 
     async def next_event(self, *types: str, timeout: float = 10.0) -> dict[str, Any]:  # noqa: ASYNC109
@@ -500,13 +641,22 @@ class ParleyClient:
             self._answered(event["client_msg_id"])
         elif kind == DUPLICATE:
             self.message_ids[event["client_msg_id"]] = event["message_id"]
-            self.response_of[event["message_id"]] = event["response_id"]
+            self.response_of[event["message_id"]] = self.newest(event["response_id"])
             self._answered(event["client_msg_id"])
         elif kind == STARTED:
+            previous = event.get("continues")
+            if previous:  # a continuation after tool results: the message's reply is now this one
+                self.continuations[previous] = event["response_id"]
+                for mid, rid in list(self.response_of.items()):
+                    if rid == previous:
+                        self.response_of[mid] = event["response_id"]
             self.response_of[event["in_reply_to"]] = event["response_id"]
             self.texts.setdefault(event["response_id"], [])
         elif kind == DELTA:
             self.texts.setdefault(event["response_id"], []).append(event["text"])
+        elif kind == REASONING_DELTA:
+            rid = event["response_id"]
+            self.reasoning[rid] = self.reasoning.get(rid, "") + event["text"]
         elif kind == COMPLETED:
             self.completed[event["response_id"]] = event
         elif kind == SNAPSHOT:
@@ -521,13 +671,30 @@ class ParleyClient:
             if event.get("in_flight"):
                 flight = event["in_flight"]
                 self.texts[flight["id"]] = [flight["content"]]
+        elif kind == TOOL_RESULT_DUPLICATE:
+            self.tool_calls.settle(event["call_id"])  # logged already: nothing to resend
         elif kind == ERROR:
             ref = event.get("ref") or {}
             cid = ref.get("client_msg_id")
-            if ref.get("type") == SEND and cid:
+            if ref.get("call_id") and ref.get("call_id") in self.tool_calls.outbox:
+                if not event.get("retryable"):
+                    self.tool_calls.settle(ref["call_id"])  # an unknown or finished call: never taken
+                else:  # sent again after the wait the server asked for (checked at the next event)
+                    wait_ms = event.get("retry_after_ms") or 1000
+                    self.tool_calls.outbox[ref["call_id"]].retry_at(wait_ms / 1000)
+            elif ref.get("type") == SEND and cid:
                 self._answered(cid)  # refused: the caller is told (collect/stream raise), never resent
             elif not ref or ref.get("type") == HELLO:
                 self._last_error = event  # the close that follows means this
+        self.tool_calls.track(event)
+
+    def newest(self, response_id: str) -> str:
+        """The last continuation of a response (itself if none followed its tool results)."""
+        seen = {response_id}
+        while response_id in self.continuations and self.continuations[response_id] not in seen:
+            response_id = self.continuations[response_id]
+            seen.add(response_id)
+        return response_id
 
     def _response_for(self, client_msg_id: str | None) -> str | None:
         if client_msg_id is None:
@@ -540,6 +707,8 @@ class ParleyClient:
         rid = self._response_for(client_msg_id)
         if rid is None or rid not in self.completed:
             return None
+        if self.completed[rid].get("finish_reason") == TOOL_CALLS_FINISH:
+            return None  # waiting for tool results: a continuation follows
         return Reply(rid, "".join(self.texts.get(rid, [])), self.completed[rid], events or [])
 
     async def collect(self, client_msg_id: str, timeout: float = 30.0) -> Reply:  # noqa: ASYNC109

@@ -11,18 +11,23 @@
 
 Leaving the ``async with`` block before the reply completed cancels the reply and waits for
 its ``response.completed`` (so the session is free for the next turn).
+
+A reply that calls tools goes on: the calls, their results (run by the client's tools while the
+turn is iterated) and the continuation are all this turn's events; ``response_id`` and ``text``
+follow the newest response, ``tool_calls`` lists every call with its result.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from parley.protocol import ErrorCode, ParleyError
 from parley.protocol.messages import FeedbackRecorded, ResponseCompleted, Usage
+from parley.protocol.tools import ToolSpec
 
 from .errors import ParleyClosed, ResponseTimeout, error_event_to_exception
 from .events import (
@@ -32,15 +37,22 @@ from .events import (
     DUPLICATE,
     ERROR,
     FEEDBACK,
+    REASONING_DELTA,
     RECORDED,
     SNAPSHOT,
     STARTED,
+    TOOL_APPROVAL_REQUESTED,
+    TOOL_CALL,
+    TOOL_CALL_DELTA,
+    TOOL_CALLS_FINISH,
+    TOOL_RESULT_ACCEPTED,
     Event,
     to_model,
 )
 
 if TYPE_CHECKING:
     from .client import ParleyClient, Rating, Reply
+    from .tools import CallState, ToolLike
 
 #: Codes that refuse one request (not the session); a newer server's unknown code is taken as terminal.
 _REQUEST_CODES = frozenset(
@@ -65,6 +77,12 @@ _TURN_TYPES = frozenset(
         COMPLETED,
         RECORDED,
         SNAPSHOT,
+        # tool calls and reasoning (issue 17)
+        TOOL_CALL_DELTA,
+        TOOL_CALL,
+        TOOL_APPROVAL_REQUESTED,
+        TOOL_RESULT_ACCEPTED,
+        REASONING_DELTA,
     }
 )
 
@@ -83,6 +101,8 @@ class TurnStream:
         metadata: dict[str, Any] | None,
         first_event_timeout: float,
         idle_timeout: float,
+        tools: Sequence[ToolLike | ToolSpec | dict[str, Any]] | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
     ) -> None:
         self._client = client
         self._content = content
@@ -91,6 +111,8 @@ class TurnStream:
             "profile": profile,
             "response_format": response_format,
             "metadata": metadata,
+            "tools": tools,
+            "tool_choice": tool_choice,
         }
         self.first_event_timeout = first_event_timeout
         self.idle_timeout = idle_timeout
@@ -98,6 +120,7 @@ class TurnStream:
         self.events: list[dict[str, Any]] = []  # this turn's events as on the wire, in order
         self._cancel_wanted = False
         self._heard = False  # the server said something about this turn (accepted/duplicate)
+        self.response_ids: list[str] = []  # the reply, then a continuation per round of tool results
 
     # ------------------------------------------------------------ state
 
@@ -126,8 +149,21 @@ class TurnStream:
 
     @property
     def done(self) -> bool:
+        """The reply ended (a response waiting for tool results has not: its continuation follows)."""
         rid = self.response_id
-        return rid is not None and rid in self._client.completed
+        if rid is None or rid not in self._client.completed:
+            return False
+        return bool(self._client.completed[rid].get("finish_reason") != TOOL_CALLS_FINISH)
+
+    @property
+    def tool_calls(self) -> list[CallState]:
+        """Every call this turn's responses made, in order, with its result once logged."""
+        return [c for rid in self.response_ids for c in self._client.calls_of(rid)]
+
+    @property
+    def reasoning(self) -> str:
+        """The model's reasoning for this turn so far (profiles with ``reasoning = "stream"``)."""
+        return "".join(self._client.reasoning.get(rid, "") for rid in self.response_ids)
 
     @property
     def finish_reason(self) -> str | None:
@@ -195,6 +231,9 @@ class TurnStream:
                 async with asyncio.timeout_at(deadline):
                     event = await self._next_raw()
             except TimeoutError:
+                if self._client.tool_calls.busy:  # a handler or a person is at work: not a stall
+                    deadline = loop.time() + self.idle_timeout
+                    continue
                 if self._heard:
                     raise ResponseTimeout("idle", self.idle_timeout, self.client_msg_id) from None
                 raise ResponseTimeout("first_event", self.first_event_timeout, self.client_msg_id) from None
@@ -203,9 +242,17 @@ class TurnStream:
             self._heard = True
             deadline = loop.time() + self.idle_timeout
             self.events.append(event)
+            if event["type"] in (STARTED, DUPLICATE):
+                self._follow(event["response_id"])
             if event["type"] == STARTED and self._cancel_wanted:
                 await self._client.cancel(event["response_id"])
             yield to_model(event)
+
+    def _follow(self, response_id: str) -> None:
+        """Count a response (and the continuations the client already knows of) as this turn's."""
+        while response_id not in self.response_ids:
+            self.response_ids.append(response_id)
+            response_id = self._client.continuations.get(response_id, response_id)
 
     async def _next_raw(self) -> dict[str, Any] | None:
         """The next event of the connection if it is about this turn, else None; raises refusals."""
@@ -240,8 +287,9 @@ class TurnStream:
         if kind in (ACCEPTED, DUPLICATE):
             return bool(event["client_msg_id"] == self.client_msg_id)
         if kind == STARTED:
-            return bool(event["in_reply_to"] == self.message_id)
-        return bool(event["response_id"] == self.response_id)
+            continues = event.get("continues")
+            return bool(event["in_reply_to"] == self.message_id or continues in self.response_ids)
+        return bool(event["response_id"] in self.response_ids or event["response_id"] == self.response_id)
 
     # ------------------------------------------------------------ requests
 

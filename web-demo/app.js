@@ -92,6 +92,7 @@ const els = {
 // ------------------------------------------------------------ human errors
 
 const ERROR_TEXT = {
+  tool_timeout: "The reply waited too long for a tool's answer.",
   rate_limited: "You are sending messages too quickly.",
   busy: "A reply is still being written. Wait for it to finish, or press Stop.",
   overloaded: "The server is very busy right now.",
@@ -123,6 +124,7 @@ const FINISH_BADGE = {
 const FAILED_FINISH = new Set(["error", "interrupted"]);
 
 const FINISH_STATE = {
+  tool_calls: "tools", // waiting for tool results; the continuation is the next reply (issue 17)
   stop: "done",
   cancelled: "stopped",
   length: "length",
@@ -282,10 +284,12 @@ function assistantNode(turn) {
     nodes.set(turn.id, el);
   }
   $(".text", el).textContent = turn.content;
-  const done = turn.finishReason != null;
-  el.dataset.state = done ? FINISH_STATE[turn.finishReason] || "done" : "streaming";
+  renderTools(el, turn); // tool calls, results and reasoning (issue 17)
+  const waiting = turn.finishReason === "tool_calls"; // not the end: its continuation follows
+  const done = turn.finishReason != null && !waiting;
+  el.dataset.state = turn.finishReason != null ? FINISH_STATE[turn.finishReason] || "done" : "streaming";
   el.dataset.finishReason = turn.finishReason ?? "";
-  el.setAttribute("aria-busy", String(!done));
+  el.setAttribute("aria-busy", String(!done && !waiting));
 
   const badge = $(".badge", el);
   let badgeText = done ? FINISH_BADGE[turn.finishReason] || "" : "";
@@ -387,6 +391,157 @@ function wireAssistant(el, responseId) {
     const content = lastUserContentBefore(responseId);
     if (content) sendText(content);
   });
+}
+
+// ------------------------------------------------------------ tool calls (issue 17)
+// One page tool, set_theme, that the model may call (try `/tool set_theme {"theme": "dark"}`
+// with the echo model). Each call shows as a card in the reply; a call waiting for the person
+// has Allow / Deny. The card is drawn from the client's turn model, which survives a reload:
+// the client asks again once the log is replayed (the "approval" event), so the card comes back.
+
+const THEME_KEY = "parley:demo-theme";
+const approvals = new Map(); // call_id -> ToolApproval (the "approval" event's)
+
+function applyTheme(theme) {
+  if (theme !== "light" && theme !== "dark") return;
+  document.documentElement.dataset.theme = theme;
+  try {
+    sessionStorage.setItem(THEME_KEY, theme);
+  } catch {
+    /* storage unavailable: the theme lasts as long as the page */
+  }
+}
+
+try {
+  applyTheme(sessionStorage.getItem(THEME_KEY));
+} catch {
+  /* no storage */
+}
+
+client.tool(
+  "set_theme",
+  {
+    description: "Switch this page between the light and the dark theme.",
+    parameters: {
+      type: "object",
+      properties: { theme: { type: "string", enum: ["light", "dark"] } },
+      required: ["theme"],
+      additionalProperties: false,
+    },
+  },
+  ({ theme }) => {
+    if (theme !== "light" && theme !== "dark") throw new Error(`unknown theme ${JSON.stringify(theme)}`);
+    applyTheme(theme);
+    return { theme };
+  },
+  { approve: true },
+);
+
+const CALL_STATUS = {
+  streaming: "Writing the call…",
+  pending: "Waiting…",
+  approval: "Needs your approval",
+  running: "Running…",
+  sent: "Sending the result…",
+  abandoned: "Not run: the reply ended first",
+};
+
+function outputText(output) {
+  return typeof output === "string" ? output : JSON.stringify(output);
+}
+
+function callStatus(call) {
+  if (call.state === "done") {
+    if (!call.isError) return "Done";
+    return outputText(call.output) === "denied by the user" ? "Denied" : "Failed";
+  }
+  if (call.server && call.state === "running") return "Running on the server…";
+  return CALL_STATUS[call.state] || call.state;
+}
+
+function describeCall(call) {
+  const args = call.arguments ?? {};
+  if (call.name === "set_theme" && typeof args.theme === "string") {
+    return `The assistant wants to switch this page to the ${args.theme} theme.`;
+  }
+  return `The assistant wants to run ${call.name}.`;
+}
+
+function callCard(call) {
+  const card = document.createElement("div");
+  card.className = "tool-call";
+  card.setAttribute("data-testid", "tool-call");
+  card.dataset.callId = call.callId;
+  card.dataset.state = call.state;
+  if (call.state === "done") card.dataset.outcome = call.isError ? "error" : "ok";
+
+  const head = document.createElement("div");
+  head.className = "tool-head";
+  const name = document.createElement("span");
+  name.className = "tool-name";
+  name.textContent = call.server ? `${call.name} (server)` : call.name;
+  const args = document.createElement("code");
+  args.className = "tool-args";
+  args.setAttribute("data-testid", "tool-args");
+  args.textContent = call.arguments ? JSON.stringify(call.arguments) : call.argumentsText;
+  const status = document.createElement("span");
+  status.className = "tool-status";
+  status.setAttribute("data-testid", "tool-status");
+  status.textContent = callStatus(call);
+  head.append(name, args, status);
+  card.append(head);
+
+  if (call.state === "approval") {
+    const box = document.createElement("div");
+    box.className = "tool-approval";
+    box.setAttribute("role", "group");
+    box.setAttribute("aria-label", `Approve ${call.name}`);
+    const why = document.createElement("p");
+    why.textContent = describeCall(call);
+    const allow = document.createElement("button");
+    allow.type = "button";
+    allow.textContent = "Allow";
+    allow.setAttribute("data-testid", "tool-allow");
+    const deny = document.createElement("button");
+    deny.type = "button";
+    deny.className = "secondary";
+    deny.textContent = "Deny";
+    deny.setAttribute("data-testid", "tool-deny");
+    const approval = approvals.get(call.callId);
+    // Before the replay after a reload is done the client has not asked yet: wait for it.
+    allow.disabled = deny.disabled = !approval?.open;
+    allow.addEventListener("click", () => decide(call.callId, true));
+    deny.addEventListener("click", () => decide(call.callId, false));
+    box.append(why, allow, deny);
+    card.append(box);
+  }
+  if (call.state === "done") {
+    const result = document.createElement("div");
+    result.className = "tool-result";
+    result.setAttribute("data-testid", "tool-result");
+    result.textContent = outputText(call.output);
+    card.append(result);
+  }
+  return card;
+}
+
+function decide(callId, allowed) {
+  const approval = approvals.get(callId);
+  if (!approval || !approval.open) return;
+  approvals.delete(callId);
+  (allowed ? approval.allow() : approval.deny()).catch((err) => showNotice(humanError(err.code, err.message)));
+}
+
+/** The calls, their results and the reasoning (collapsed) of one assistant turn. */
+function renderTools(el, turn) {
+  const tools = $(".tools", el);
+  const calls = turn.toolCalls ?? [];
+  tools.hidden = calls.length === 0;
+  tools.replaceChildren(...calls.map(callCard));
+  for (const call of calls) if (call.state === "done" || call.state === "abandoned") approvals.delete(call.callId);
+  const reasoning = $(".reasoning", el);
+  reasoning.hidden = !turn.reasoning;
+  $(".reasoning-text", el).textContent = turn.reasoning ?? "";
 }
 
 // ------------------------------------------------------------ controls
@@ -552,6 +707,14 @@ client.on("delta", (_ev, turn) => renderTurn(turn));
 client.on("completed", (_ev, turn) => renderTurn(turn));
 client.on("feedback", (_ev, turn) => turn && renderTurn(turn));
 client.on("reset", () => showNotice(humanError("session_not_found"), { kind: "info" }));
+// tool calls and reasoning (issue 17)
+for (const type of ["tool_call_delta", "tool_call", "approval_requested", "tool_result", "tool_state", "reasoning"]) {
+  client.on(type, (_ev, turn) => renderTurn(turn));
+}
+client.on("approval", (approval, turn) => {
+  approvals.set(approval.callId, approval);
+  renderTurn(turn);
+});
 client.on("error", (ev, info = {}) => {
   if (ev.code === "unauthorized") askForSignIn();
   if (info.fatal) return; // shown in the status line

@@ -20,20 +20,33 @@ export declare const CloseCode: Readonly<{
   POLICY_VIOLATION: 4029;
 }>;
 
-export type ClientType = "hello" | "message.send" | "response.cancel" | "feedback" | "ping";
+export type ClientType =
+  | "hello"
+  | "message.send"
+  | "response.cancel"
+  | "feedback"
+  | "ping"
+  | "tool.result"
+  | "tool.approve";
 export type LoggedType =
   | "message.accepted"
   | "response.started"
   | "response.delta"
   | "response.completed"
-  | "feedback.recorded";
+  | "feedback.recorded"
+  | "response.tool_call.delta"
+  | "response.tool_call"
+  | "tool.approval_requested"
+  | "tool.result.accepted"
+  | "response.reasoning.delta";
 export type EphemeralType =
   | "session.ready"
   | "session.snapshot"
   | "heartbeat"
   | "pong"
   | "error"
-  | "message.duplicate";
+  | "message.duplicate"
+  | "tool.result.duplicate";
 
 export declare const CLIENT_TYPES: readonly ClientType[];
 export declare const LOGGED_TYPES: readonly LoggedType[];
@@ -56,11 +69,20 @@ export type KnownErrorCode =
   | "policy_refusal"
   | "schema_validation_failed"
   | "overloaded"
-  | "internal";
+  | "internal"
+  | "tool_timeout";
 export type ErrorCode = KnownErrorCode | (string & {});
 export declare const ERROR_CODES: readonly KnownErrorCode[];
 
-export type FinishReason = "stop" | "length" | "cancelled" | "interrupted" | "content_filter" | "error";
+/** "tool_calls": the response waits for client tool results; a continuation follows them. */
+export type FinishReason =
+  | "stop"
+  | "length"
+  | "cancelled"
+  | "interrupted"
+  | "content_filter"
+  | "error"
+  | "tool_calls";
 export type Rating = "up" | "down";
 export type Scalar = string | number | boolean | null;
 
@@ -69,6 +91,8 @@ export type Scalar = string | number | boolean | null;
 export interface Usage {
   input_tokens: number;
   output_tokens: number;
+  /** part of output_tokens, when the model reports it */
+  reasoning_tokens?: number | null;
 }
 
 export interface ErrorInfo {
@@ -89,11 +113,24 @@ export interface SessionReadyEvent {
   last_seq: number;
 }
 
+export interface SnapshotToolCall {
+  call_id: string;
+  name: string;
+  arguments: Record<string, unknown>;
+  server?: boolean;
+}
+
+/** A "tool" turn is one call's result: `id` is the call_id. */
 export interface SnapshotTurn {
-  role: "user" | "assistant";
+  role: "user" | "assistant" | "tool";
   id: string;
   content: string;
-  finish_reason?: FinishReason;
+  finish_reason?: FinishReason | null;
+  tool_calls?: SnapshotToolCall[] | null;
+  response_id?: string | null;
+  name?: string | null;
+  output?: unknown;
+  is_error?: boolean | null;
 }
 
 export interface SessionSnapshotEvent {
@@ -126,6 +163,8 @@ export interface ResponseStartedEvent {
   in_reply_to: string;
   profile: string;
   trace_id: string;
+  /** a continuation: the response whose tool results it follows */
+  continues?: string | null;
 }
 
 export interface ResponseDeltaEvent {
@@ -146,6 +185,71 @@ export interface ResponseCompletedEvent {
   ttft_ms?: number;
   latency_ms?: number;
   error?: ErrorInfo;
+}
+
+// tool calls and reasoning (issue 17)
+
+/** JSON Schema of a tool's arguments (an object schema). */
+export type JsonSchema = Record<string, unknown>;
+
+export interface ToolSpec {
+  name: string;
+  description?: string;
+  parameters?: JsonSchema;
+}
+
+export type ToolChoice = "auto" | "none" | "required" | { name: string };
+
+export interface ResponseToolCallDeltaEvent {
+  seq: number;
+  type: "response.tool_call.delta";
+  response_id: string;
+  call_id: string;
+  name: string;
+  arguments_delta: string;
+}
+
+export interface ResponseToolCallEvent {
+  seq: number;
+  type: "response.tool_call";
+  response_id: string;
+  call_id: string;
+  name: string;
+  arguments: Record<string, unknown>;
+  /** true: Parley runs it (a server tool); false: this client answers with tool.result */
+  server: boolean;
+}
+
+export interface ToolApprovalRequestedEvent {
+  seq: number;
+  type: "tool.approval_requested";
+  response_id: string;
+  call_id: string;
+  name: string;
+  arguments: Record<string, unknown>;
+}
+
+export interface ToolResultAcceptedEvent {
+  seq: number;
+  type: "tool.result.accepted";
+  response_id: string;
+  call_id: string;
+  output: unknown;
+  is_error: boolean;
+}
+
+export interface ToolResultDuplicateEvent {
+  type: "tool.result.duplicate";
+  call_id: string;
+  response_id: string;
+  accepted_seq: number;
+}
+
+export interface ResponseReasoningDeltaEvent {
+  seq: number;
+  type: "response.reasoning.delta";
+  response_id: string;
+  text: string;
 }
 
 export interface FeedbackRecordedEvent {
@@ -172,7 +276,7 @@ export interface ErrorEvent {
   message: string;
   retryable: boolean;
   retry_after_ms?: number;
-  ref?: { type?: string; client_msg_id?: string; response_id?: string; nonce?: string };
+  ref?: { type?: string; client_msg_id?: string; response_id?: string; nonce?: string; call_id?: string };
 }
 
 export type ServerEvent =
@@ -184,17 +288,28 @@ export type ServerEvent =
   | ResponseDeltaEvent
   | ResponseCompletedEvent
   | FeedbackRecordedEvent
+  | ResponseToolCallDeltaEvent
+  | ResponseToolCallEvent
+  | ToolApprovalRequestedEvent
+  | ToolResultAcceptedEvent
+  | ToolResultDuplicateEvent
+  | ResponseReasoningDeltaEvent
   | HeartbeatEvent
   | PongEvent
   | ErrorEvent;
 
-/** What `stream()` yields: one turn's events. */
+/** What `stream()` yields: one turn's events (through its tool calls and continuations). */
 export type TurnEvent =
   | MessageAcceptedEvent
   | MessageDuplicateEvent
   | ResponseStartedEvent
   | ResponseDeltaEvent
-  | ResponseCompletedEvent;
+  | ResponseCompletedEvent
+  | ResponseToolCallDeltaEvent
+  | ResponseToolCallEvent
+  | ToolApprovalRequestedEvent
+  | ToolResultAcceptedEvent
+  | ResponseReasoningDeltaEvent;
 
 // ------------------------------------------------------------------ turns, status, errors
 
@@ -205,10 +320,36 @@ export interface UserTurn {
   content: string;
 }
 
+/**
+ * One tool call of an assistant turn. `state`: "streaming" (arguments arriving), "pending" (waiting
+ * for this client), "approval" (waiting for the person), "running" (the handler, or the server,
+ * is at it), "sent" (result sent, not yet logged), "done" (logged: `output`, `isError`),
+ * "abandoned" (the response ended without it: cancelled, timed out).
+ */
+export interface ToolCallState {
+  callId: string;
+  name: string;
+  /** the complete arguments, once `response.tool_call` arrived */
+  arguments: Record<string, unknown> | null;
+  /** the arguments' JSON text as streamed so far */
+  argumentsText: string;
+  server: boolean;
+  approvalRequested?: boolean;
+  state: "streaming" | "pending" | "approval" | "running" | "sent" | "done" | "abandoned";
+  output?: unknown;
+  isError?: boolean;
+}
+
 export interface AssistantTurn {
   role: "assistant";
   id: string;
   content: string;
+  /** the calls this response made, in order */
+  toolCalls?: ToolCallState[];
+  /** the model's reasoning so far (profiles with reasoning = "stream") */
+  reasoning?: string;
+  /** the response whose tool results this continuation follows */
+  continues?: string;
   /** null while streaming */
   finishReason: FinishReason | null;
   inReplyTo?: string;
@@ -361,7 +502,48 @@ export interface SendOptions {
   profile?: string;
   responseFormat?: { type: "text" } | { type: "json_schema"; name?: string; schema: object };
   metadata?: Record<string, Scalar>;
+  /** tools for this turn only (message.send.tools), answered with toolResult() or a registered handler */
+  tools?: ToolSpec[];
+  toolChoice?: ToolChoice;
 }
+
+/** What a tool handler gets besides its arguments. */
+export interface ToolCallInfo {
+  callId: string;
+  responseId: string;
+  name: string;
+}
+
+/** A tool's output: a string or any JSON value. */
+export type ToolOutput = string | number | boolean | null | object | undefined;
+
+export type ToolHandler<A = any> = (args: A, call: ToolCallInfo) => ToolOutput | Promise<ToolOutput>;
+
+export interface ToolOptions {
+  /** ask the person first: each call emits "approval" and waits for allow() or deny() */
+  approve?: boolean;
+}
+
+/** A call waiting for the person's decision (the "approval" event). */
+export declare class ToolApproval {
+  readonly client: ParleyClient;
+  readonly responseId: string;
+  readonly callId: string;
+  readonly name: string;
+  readonly arguments: Record<string, unknown>;
+  /** a server tool (decided with tool.approve) rather than one of this client's */
+  readonly server: boolean;
+  /** false once decided, answered elsewhere, or the response ended */
+  open: boolean;
+  decision: "allowed" | "denied" | null;
+  /** client tool: run the handler and send its result; server tool: tool.approve{approved: true} */
+  allow(): Promise<void>;
+  approve(): Promise<void>;
+  /** client tool: tool.result{is_error: true, output: "denied by the user"}; server: approved: false */
+  deny(): Promise<void>;
+}
+
+export type PendingCall = ToolCallState & { responseId: string };
 
 export type SendPromise = Promise<AssistantTurn> & { clientMsgId: string };
 
@@ -385,6 +567,17 @@ export interface ParleyEventMap {
   gap: [{ expected: number; got: number }];
   transport: [{ transport: Transport; previous: Transport; reason: string }];
   event: [{ type: string; [key: string]: unknown }];
+  // tool calls and reasoning (issue 17)
+  tool_call_delta: [ResponseToolCallDeltaEvent, AssistantTurn];
+  tool_call: [ResponseToolCallEvent, AssistantTurn];
+  approval_requested: [ToolApprovalRequestedEvent, AssistantTurn];
+  tool_result: [ToolResultAcceptedEvent, AssistantTurn];
+  tool_duplicate: [ToolResultDuplicateEvent];
+  /** a call needs the person's decision: show it, then call allow() or deny() */
+  approval: [ToolApproval, AssistantTurn];
+  /** a call's local state changed (asked, running, sent) */
+  tool_state: [{ callId: string; state: ToolCallState["state"] }, AssistantTurn];
+  reasoning: [ResponseReasoningDeltaEvent, AssistantTurn];
 }
 
 export type ParleyEventName = keyof ParleyEventMap;
@@ -408,7 +601,9 @@ export declare class TurnStream implements AsyncIterableIterator<TurnEvent> {
   readonly done: SendPromise;
   messageId: string | null;
   responseId: string | null;
-  /** the reply's text so far */
+  /** every response of this turn: the first, then one continuation per round of tool results */
+  readonly responseIds: string[];
+  /** the text so far of the newest response (the continuation's, after tool calls) */
   text: string;
   /** the assistant turn, once completed */
   turn: AssistantTurn | null;
@@ -437,7 +632,20 @@ export declare class ParleyClient extends EventTarget {
   readonly turns: Turn[];
   readonly outbox: { clientMsgId: string; content: string }[];
   readonly activeResponseId: string | null;
+  /** calls still waiting (for this client's result, the person's decision, or a server tool) */
+  readonly pendingCalls: PendingCall[];
+  /** the approvals waiting for the person */
+  readonly approvals: ToolApproval[];
   turn(id: string): Turn | null;
+  /** register a tool (declared in hello.tools); returns a function that unregisters it */
+  tool<A = any>(
+    name: string,
+    spec: { description?: string; parameters?: JsonSchema },
+    handler: ToolHandler<A> | null,
+    options?: ToolOptions,
+  ): () => void;
+  /** answer a client call yourself; safe to repeat (idempotent by call_id) */
+  toolResult(callId: string, output: ToolOutput, opts?: { isError?: boolean }): void;
 
   connect(): Promise<SessionReadyEvent>;
   close(): void;

@@ -27,6 +27,9 @@
 //   resend after a reconnect never doubles a turn; honours `retry_after_ms`;
 // - a close or error this version does not know (a newer server's) ends the
 //   client with a ParleyError carrying that code, instead of reconnecting forever.
+// - tools: `client.tool(name, {description, parameters}, handler, {approve})` declares a
+//   tool and runs it when the model calls it (after an "approval" event's allow(), if asked);
+//   calls still waiting survive a reload and are run or asked about again.
 
 export const PROTOCOL = "parley.v1";
 
@@ -59,7 +62,15 @@ const FATAL_CLOSE = new Map([
 const KNOWN_4XXX = new Set(Object.values(CloseCode).filter((c) => c >= 4000));
 
 /** Message types the client sends (protocol v1; checked against the AsyncAPI document). */
-export const CLIENT_TYPES = Object.freeze(["hello", "message.send", "response.cancel", "feedback", "ping"]);
+export const CLIENT_TYPES = Object.freeze([
+  "hello",
+  "message.send",
+  "response.cancel",
+  "feedback",
+  "ping",
+  "tool.result", // tool calls (issue 17): a client tool's output, or a denial
+  "tool.approve", // tool calls (issue 17): the person's decision on a server tool
+]);
 
 /** Server events that are logged: they carry `seq`, are replayed on resume. */
 export const LOGGED_TYPES = Object.freeze([
@@ -68,6 +79,12 @@ export const LOGGED_TYPES = Object.freeze([
   "response.delta",
   "response.completed",
   "feedback.recorded",
+  // tool calls and reasoning (issue 17)
+  "response.tool_call.delta",
+  "response.tool_call",
+  "tool.approval_requested",
+  "tool.result.accepted",
+  "response.reasoning.delta",
 ]);
 
 /** Server events that are not logged (no `seq` of their own). */
@@ -78,6 +95,7 @@ export const EPHEMERAL_TYPES = Object.freeze([
   "pong",
   "error",
   "message.duplicate", // its `accepted_seq` names the original message.accepted; not this frame's seq
+  "tool.result.duplicate", // the same for a tool.result already accepted (issue 17)
 ]);
 
 /** Every server event type this version knows; others arrive as the `event` event. */
@@ -100,6 +118,7 @@ export const ERROR_CODES = Object.freeze([
   "schema_validation_failed",
   "overloaded",
   "internal",
+  "tool_timeout", // a response waited longer than the server allows for its tool results (issue 17)
 ]);
 
 // Codes that refuse one request, not the session.
@@ -173,12 +192,27 @@ export function backoffDelay(attempt, { initialMs = 500, maxMs = 15000, factor =
   return Math.round(cap / 2 + random() * (cap / 2));
 }
 
+/** A response still going: streaming, or ended with "tool_calls" and waiting for their results. */
+function isOpen(turn) {
+  return turn.finishReason == null || turn.finishReason === "tool_calls";
+}
+
+/** A tool declaration as the wire wants it: {name, description, parameters}. */
+function toolSpec(t) {
+  const spec = { name: t.name, parameters: t.parameters ?? { type: "object", properties: {} } };
+  if (t.description) spec.description = t.description;
+  return spec;
+}
+
 function byteLength(text) {
   return new TextEncoder().encode(text).length;
 }
 
 function cloneTurn(t) {
-  return t ? { ...t, usage: t.usage ? { ...t.usage } : t.usage } : t;
+  if (!t) return t;
+  const copy = { ...t, usage: t.usage ? { ...t.usage } : t.usage };
+  if (t.toolCalls) copy.toolCalls = t.toolCalls.map((c) => ({ ...c })); // tool calls (issue 17)
+  return copy;
 }
 
 /**
@@ -197,7 +231,21 @@ export class ParleyEvent extends Event {
   }
 }
 
-const TURN_EVENTS = new Set(["message", "started", "delta", "completed", "feedback"]);
+const TURN_EVENTS = new Set([
+  "message",
+  "started",
+  "delta",
+  "completed",
+  "feedback",
+  // tool calls and reasoning (issue 17)
+  "tool_call_delta",
+  "tool_call",
+  "tool_result",
+  "approval_requested",
+  "approval",
+  "tool_state",
+  "reasoning",
+]);
 
 const NO_WEBSOCKET =
   "ParleyClient: this runtime has no WebSocket (Node < 22?). Pass an implementation: " +
@@ -254,6 +302,7 @@ class WebSocketTransport {
         hello.last_seq = opening.lastSeq;
       }
       if (opening.metadata) hello.metadata = opening.metadata;
+      if (opening.tools) hello.tools = opening.tools;
       this.send(hello);
     };
     ws.onmessage = (e) => host.frame(e.data);
@@ -726,6 +775,13 @@ export class ParleyClient extends EventTarget {
       transportSwitches: 0,
     };
 
+    // Tool calls (issue 17): registered tools, answers not yet accepted, calls this page is handling.
+    this._tools = new Map(); // name -> {spec, handler, approve}
+    this._toolOutbox = new Map(); // call_id -> {frame, responseId, sentGen}: tool.result / tool.approve
+    this._handling = new Set(); // call_ids run or asked about in this page (not again on a resume)
+    this._approvals = new Map(); // call_id -> the open ToolApproval
+    this._helloToolNames = new Set(); // the tools this connection's hello declared
+
     this._restore();
     this._bindEnvironment();
   }
@@ -792,11 +848,11 @@ export class ParleyClient extends EventTarget {
     return this._pending.filter((p) => !p.messageId).map((p) => ({ clientMsgId: p.clientMsgId, content: p.content }));
   }
 
-  /** The response_id of the reply currently streaming, or null. */
+  /** The response_id of the reply currently streaming (or waiting for tool results), or null. */
   get activeResponseId() {
     for (let i = this._turns.length - 1; i >= 0; i--) {
       const t = this._turns[i];
-      if (t.role === "assistant") return t.finishReason == null ? t.id : null;
+      if (t.role === "assistant") return isOpen(t) ? t.id : null;
     }
     return null;
   }
@@ -836,7 +892,10 @@ export class ParleyClient extends EventTarget {
    * Rejects with a ParleyError for a non-retryable refusal. Queued while offline;
    * every (re)send uses the same client_msg_id, so it never doubles a turn.
    * @param {string} content
-   * @param {object} [opts] {clientMsgId, profile, responseFormat, metadata}
+   * A reply that asks for client tools (finish_reason "tool_calls") is not the end: the
+   * promise resolves with the continuation that follows the last result.
+   * @param {string} content
+   * @param {object} [opts] {clientMsgId, profile, responseFormat, metadata, tools, toolChoice}
    */
   send(content, opts = {}) {
     if (typeof content !== "string" || content.length === 0) {
@@ -849,6 +908,8 @@ export class ParleyClient extends EventTarget {
     if (profile) extra.profile = profile;
     if (opts.responseFormat) extra.response_format = opts.responseFormat;
     if (opts.metadata) extra.metadata = opts.metadata;
+    if (opts.tools && opts.tools.length) extra.tools = opts.tools.map(toolSpec); // this turn only (issue 17)
+    if (opts.toolChoice) extra.tool_choice = opts.toolChoice;
     const frame = { type: "message.send", client_msg_id: clientMsgId, content, ...extra };
     if (byteLength(JSON.stringify(frame)) > this.options.maxFrameBytes) {
       return Promise.reject(
@@ -873,7 +934,7 @@ export class ParleyClient extends EventTarget {
   cancel(responseId = this.activeResponseId) {
     if (!responseId) return Promise.resolve(null);
     const t = this._turns.find((x) => x.id === responseId);
-    if (t && t.finishReason != null) return Promise.resolve(cloneTurn(t));
+    if (t && !isOpen(t)) return Promise.resolve(cloneTurn(t));
     let c = this._cancels.get(responseId);
     if (!c) {
       c = { sentGen: 0, waiters: [] };
@@ -909,7 +970,9 @@ export class ParleyClient extends EventTarget {
    * Send a user turn and iterate its events as they arrive:
    * `for await (const ev of client.stream("Hi")) { ... }` yields this turn's
    * `message.accepted` (or `message.duplicate`), `response.started`,
-   * `response.delta`s and `response.completed`, as on the wire. The stream also
+   * `response.delta`s and `response.completed`, as on the wire; a reply that calls
+   * tools goes on through its calls, their results and the continuation (tool calls,
+   * issue 17: `response.tool_call(.delta)`, `tool.result.accepted`, ...). The stream also
    * has `text`, `responseId`, `clientMsgId`, `done` (the send() promise),
    * `cancel()` and `feedback(rating, {comment, tags})`. A refusal is thrown by
    * the loop. Leaving the loop early does not stop the reply: call `cancel()`.
@@ -963,6 +1026,7 @@ export class ParleyClient extends EventTarget {
       entry.promise.catch(() => {});
       this._pending.push(entry);
     }
+    this._restoreTools(raw); // issue 17
   }
 
   _snapshotState(withTurns) {
@@ -976,6 +1040,7 @@ export class ParleyClient extends EventTarget {
       outbox: this._pending
         .filter((p) => !p.messageId)
         .map((p) => ({ client_msg_id: p.clientMsgId, content: p.content, extra: p.extra })),
+      tool_outbox: [...this._toolOutbox.values()].map((r) => ({ frame: r.frame, response_id: r.responseId })),
     });
   }
 
@@ -1016,6 +1081,7 @@ export class ParleyClient extends EventTarget {
     this.resumeToken = null;
     this.lastSeq = 0;
     this._turns = [];
+    this._forgetTools();
     this._saveNow();
   }
 
@@ -1051,6 +1117,13 @@ export class ParleyClient extends EventTarget {
       lastSeq: this.sessionId ? this.lastSeq : 0,
     };
     this._helloLastSeq = opening.lastSeq;
+    // Tool calls (issue 17): a WebSocket's hello declares the session's tools; over HTTP every
+    // turn carries them instead (_turnTools), since opening a session there takes no tools.
+    if (this._transportKind === "sse") {
+      this._helloToolNames = new Set();
+    } else {
+      this._declareTools(opening);
+    }
     // The host: the transport's way in, bound to this attempt (a stale transport's calls are ignored).
     const host = {
       frame: (data) => this._onFrame(gen, data),
@@ -1109,6 +1182,7 @@ export class ParleyClient extends EventTarget {
     for (const p of this._pending) if (!p.messageId) p.sentGen = 0;
     for (const c of this._cancels.values()) c.sentGen = 0;
     for (const fb of this._feedback.values()) fb.sentGen = 0;
+    for (const r of this._toolOutbox.values()) r.sentGen = 0;
     this._saveNow();
     this._emit("disconnect", { code, reason, wasReady });
 
@@ -1385,6 +1459,9 @@ export class ParleyClient extends EventTarget {
       case "message.duplicate":
         this._onDuplicate(ev);
         break;
+      case "tool.result.duplicate":
+        this._onToolDuplicate(ev); // issue 17
+        break;
       default:
         this._emit("event", ev);
     }
@@ -1394,6 +1471,7 @@ export class ParleyClient extends EventTarget {
     const newSession = ev.session_id !== this.sessionId;
     if (newSession && (this._turns.length || this.lastSeq)) {
       this._turns = [];
+      this._forgetTools();
       this.lastSeq = 0;
       for (const p of this._pending) {
         p.messageId = null; // accepted by a session that is gone: send again in this one
@@ -1440,22 +1518,25 @@ export class ParleyClient extends EventTarget {
 
   _onSnapshot(ev) {
     // recovered:false: the log no longer holds our gap. Replace, never merge.
-    const turns = (ev.turns || []).map((t) =>
-      t.role === "assistant"
-        ? { role: "assistant", id: t.id, content: t.content ?? "", finishReason: t.finish_reason ?? "stop" }
-        : { role: "user", id: t.id, content: t.content ?? "" },
-    );
+    const turns = (ev.turns || [])
+      .filter((t) => t.role === "assistant" || t.role === "user")
+      .map((t) =>
+        t.role === "assistant"
+          ? { role: "assistant", id: t.id, content: t.content ?? "", finishReason: t.finish_reason ?? "stop" }
+          : { role: "user", id: t.id, content: t.content ?? "" },
+      );
     if (ev.in_flight) {
       turns.push({ role: "assistant", id: ev.in_flight.id, content: ev.in_flight.content ?? "", finishReason: null });
     }
+    this._snapshotTools(ev, turns); // tool calls, results and reasoning (issue 17)
     this._turns = turns;
     this.lastSeq = typeof ev.last_seq === "number" ? ev.last_seq : this.lastSeq;
     this._awaitingSnapshot = false;
     this.stats.snapshots += 1;
     // Sends whose reply the snapshot shows finished can be settled now.
     for (const p of [...this._pending]) {
-      const t = p.responseId && this._turns.find((x) => x.id === p.responseId);
-      if (t && t.finishReason != null) this._settlePending(p, t, null);
+      const t = p.responseId && this._lastOfChain(p.responseId);
+      if (t && !isOpen(t)) this._settlePending(p, t, null);
     }
     this._saveNow();
     if (this.status.state === "connected" && this.status.recovered !== false) {
@@ -1506,7 +1587,13 @@ export class ParleyClient extends EventTarget {
           this._turns.push(turn);
         }
         Object.assign(turn, { inReplyTo: ev.in_reply_to, traceId: ev.trace_id, profile: ev.profile });
-        const p = this._pending.find((x) => x.messageId === ev.in_reply_to || x.clientMsgId === ev.in_reply_to);
+        if (ev.continues) this._continued(turn, ev.continues); // after tool results (issue 17)
+        const p = this._pending.find(
+          (x) =>
+            x.messageId === ev.in_reply_to ||
+            x.clientMsgId === ev.in_reply_to ||
+            (ev.continues && x.responseId === ev.continues),
+        );
         if (p) p.responseId = ev.response_id;
         this._emit("started", ev, cloneTurn(turn));
         break;
@@ -1535,6 +1622,13 @@ export class ParleyClient extends EventTarget {
           error: ev.error ?? null,
         });
         if (ev.output !== undefined) turn.output = ev.output;
+        if (ev.finish_reason === "tool_calls") {
+          // Not the end: it waits for its tool results, then a continuation follows (issue 17).
+          this._emit("completed", ev, cloneTurn(turn));
+          this._flush(); // results held until the response asked for them may go now
+          break;
+        }
+        this._abandonCalls(turn);
         const c = this._cancels.get(ev.response_id);
         if (c) {
           this._cancels.delete(ev.response_id);
@@ -1557,6 +1651,13 @@ export class ParleyClient extends EventTarget {
         this._emit("feedback", ev, cloneTurn(turn ?? null));
         break;
       }
+      case "response.tool_call.delta":
+      case "response.tool_call":
+      case "tool.approval_requested":
+      case "tool.result.accepted":
+      case "response.reasoning.delta":
+        this._applyTool(ev); // issue 17: the tool block below
+        break;
       default:
         this._emit("event", ev); // a newer server's logged event: seq consumed, content ignored
     }
@@ -1581,8 +1682,9 @@ export class ParleyClient extends EventTarget {
     if (p) {
       p.messageId = ev.message_id ?? p.messageId;
       p.responseId = ev.response_id ?? p.responseId;
-      const t = p.responseId && this._turns.find((x) => x.id === p.responseId);
-      if (t && t.finishReason != null) this._settlePending(p, t, null);
+      const t = p.responseId && this._lastOfChain(p.responseId);
+      if (t) p.responseId = t.id;
+      if (t && !isOpen(t)) this._settlePending(p, t, null);
     }
     this._emit("duplicate", ev);
     this._flush();
@@ -1628,6 +1730,8 @@ export class ParleyClient extends EventTarget {
         info.willRetry = true;
         this._scheduleFlush(wait);
       }
+    } else if ((ref.type === "tool.result" || ref.type === "tool.approve") && ref.call_id) {
+      this._onToolRefused(ev, ref, info); // issue 17
     } else if (ref.type === "response.cancel") {
       // Cancelling something that is not running is not a failure.
       const id = ref.response_id;
@@ -1650,6 +1754,367 @@ export class ParleyClient extends EventTarget {
     }
     this._emit("error", ev, info);
     this._flush();
+  }
+
+  // ============================================================ tool calls (issue 17)
+  //
+  // A call is logged (`response.tool_call`); a response that needs client results ends with
+  // finish_reason "tool_calls" and waits; each result is logged once (`tool.result.accepted`);
+  // the last one starts the continuation (`response.started{continues}`). Pending calls live in
+  // the turns (stored like the rest), so a reload rebuilds them and, once the replay is done,
+  // runs the handler or asks for approval again. Results are idempotent by call_id, so sending
+  // one twice is safe (the server answers tool.result.duplicate).
+
+  /**
+   * Register a tool the model may call; it is declared in hello.tools (and in message.send.tools
+   * until the next connection's hello carries it). `handler(args, call)` returns the output
+   * (a string or any JSON value, or a promise of one); a throw is sent as an error result.
+   * With `{approve: true}` each call first emits "approval" and waits for allow() or deny().
+   * Returns a function that unregisters the tool.
+   */
+  tool(name, spec = {}, handler = null, { approve = false } = {}) {
+    if (typeof name !== "string" || !name) throw new TypeError("tool(): name must be a non-empty string");
+    if (handler != null && typeof handler !== "function") throw new TypeError("tool(): handler must be a function");
+    const entry = { spec: toolSpec({ ...spec, name }), handler, approve: !!approve };
+    this._tools.set(name, entry);
+    this._dispatchCalls(); // a call that was waiting for this tool (e.g. registered after a reload)
+    return () => {
+      if (this._tools.get(name) === entry) this._tools.delete(name);
+    };
+  }
+
+  /** Answer a client call yourself (a tool without a handler); safe to repeat. */
+  toolResult(callId, output, { isError = false } = {}) {
+    const found = this._findCall(callId);
+    if (found && (found.call.state === "done" || found.call.state === "abandoned")) return;
+    this._answer(found?.turn.id ?? null, callId, output, isError);
+  }
+
+  /** Client calls still waiting for a result, and server calls waiting for approval or their result. */
+  get pendingCalls() {
+    const out = [];
+    for (const t of this._turns) {
+      if (t.role !== "assistant" || !t.toolCalls) continue;
+      for (const c of t.toolCalls) {
+        if (c.state !== "done" && c.state !== "abandoned" && c.state !== "streaming") {
+          out.push({ ...c, responseId: t.id });
+        }
+      }
+    }
+    return out;
+  }
+
+  /** The approvals waiting for the person (the same objects the "approval" event carried). */
+  get approvals() {
+    return [...this._approvals.values()];
+  }
+
+  _forgetTools() {
+    for (const id of [...this._toolOutbox.keys(), ...this._approvals.keys()]) this._settleCall(id);
+    this._handling.clear();
+  }
+
+  _declareTools(hello) {
+    const specs = [...this._tools.values()].map((t) => t.spec);
+    this._helloToolNames = new Set(specs.map((s) => s.name));
+    if (specs.length) hello.tools = specs;
+  }
+
+  /** Tools registered after this connection's hello go with each turn (never a name twice). */
+  _turnTools(frame) {
+    const have = new Set([...(frame.tools || []).map((t) => t.name), ...this._helloToolNames]);
+    const extra = [...this._tools.values()].map((t) => t.spec).filter((s) => !have.has(s.name));
+    if (extra.length) frame.tools = [...(frame.tools || []), ...extra];
+  }
+
+  _assistantTurn(responseId) {
+    let turn = this._turns.find((t) => t.id === responseId);
+    if (!turn) {
+      turn = { role: "assistant", id: responseId, content: "", finishReason: null };
+      this._turns.push(turn);
+    }
+    return turn;
+  }
+
+  _callIn(turn, callId, name) {
+    turn.toolCalls ??= [];
+    let call = turn.toolCalls.find((c) => c.callId === callId);
+    if (!call) {
+      call = { callId, name: name ?? "", arguments: null, argumentsText: "", server: false, state: "streaming" };
+      turn.toolCalls.push(call);
+    }
+    return call;
+  }
+
+  _findCall(callId) {
+    for (const turn of this._turns) {
+      const call = turn.toolCalls?.find((c) => c.callId === callId);
+      if (call) return { turn, call };
+    }
+    return null;
+  }
+
+  _applyTool(ev) {
+    const turn = this._assistantTurn(ev.response_id);
+    switch (ev.type) {
+      case "response.reasoning.delta":
+        turn.reasoning = (turn.reasoning ?? "") + (ev.text ?? "");
+        this._emit("reasoning", ev, cloneTurn(turn));
+        return;
+      case "response.tool_call.delta": {
+        const call = this._callIn(turn, ev.call_id, ev.name);
+        call.argumentsText += ev.arguments_delta ?? "";
+        this._emit("tool_call_delta", ev, cloneTurn(turn));
+        return;
+      }
+      case "response.tool_call": {
+        const call = this._callIn(turn, ev.call_id, ev.name);
+        const args = ev.arguments ?? {};
+        Object.assign(call, { name: ev.name, arguments: args, argumentsText: JSON.stringify(args), server: !!ev.server });
+        if (call.state === "streaming") call.state = call.server ? "running" : "pending";
+        this._emit("tool_call", ev, cloneTurn(turn));
+        this._dispatchCalls();
+        return;
+      }
+      case "tool.approval_requested": {
+        const call = this._callIn(turn, ev.call_id, ev.name);
+        Object.assign(call, { server: true, approvalRequested: true });
+        if (ev.arguments) call.arguments = ev.arguments;
+        if (call.state !== "done") call.state = "approval";
+        this._emit("approval_requested", ev, cloneTurn(turn));
+        this._dispatchCalls();
+        return;
+      }
+      case "tool.result.accepted": {
+        const found = this._findCall(ev.call_id);
+        const owner = found?.turn ?? turn;
+        const call = found?.call ?? this._callIn(turn, ev.call_id, ev.name);
+        Object.assign(call, { state: "done", output: ev.output, isError: !!ev.is_error });
+        this._settleCall(ev.call_id);
+        this._emit("tool_result", ev, cloneTurn(owner));
+        return;
+      }
+    }
+  }
+
+  /** A continuation started: cancels follow the chain, so cancel() of a waiting reply still stops it. */
+  _continued(turn, previousId) {
+    turn.continues = previousId;
+    const c = this._cancels.get(previousId);
+    if (c) {
+      this._cancels.delete(previousId);
+      c.sentGen = 0;
+      this._cancels.set(turn.id, c);
+    }
+  }
+
+  /** The newest response of a chain of continuations starting at responseId. */
+  _lastOfChain(responseId) {
+    let t = this._turns.find((x) => x.id === responseId);
+    for (let i = 0; t && i < this._turns.length; i++) {
+      const next = this._turns.find((x) => x.continues === t.id);
+      if (!next) break;
+      t = next;
+    }
+    return t ?? null;
+  }
+
+  /** The response ended for good (cancelled, timed out, failed): its open calls need no answer. */
+  _abandonCalls(turn) {
+    for (const call of turn.toolCalls ?? []) {
+      if (call.state === "done" || call.state === "abandoned") continue;
+      call.state = "abandoned";
+      this._settleCall(call.callId);
+    }
+  }
+
+  _settleCall(callId) {
+    if (this._toolOutbox.delete(callId)) this._saveSoon();
+    this._handling.delete(callId);
+    const a = this._approvals.get(callId);
+    if (a) {
+      this._approvals.delete(callId);
+      a.open = false;
+    }
+  }
+
+  /** Run or ask about every pending call this page is not handling yet; only once caught up. */
+  _dispatchCalls() {
+    if (!this._caughtUp) return;
+    for (const turn of this._turns) {
+      if (turn.role !== "assistant" || !turn.toolCalls || !isOpen(turn)) continue;
+      for (const call of turn.toolCalls) {
+        if (call.state === "streaming" || call.state === "done" || call.state === "abandoned") continue;
+        if (this._handling.has(call.callId) || this._toolOutbox.has(call.callId)) continue;
+        if (call.server) {
+          if (call.approvalRequested) {
+            this._handling.add(call.callId);
+            this._ask(turn, call, true);
+          }
+          continue;
+        }
+        const tool = this._tools.get(call.name);
+        if (!tool || (!tool.handler && !tool.approve)) continue; // answered by the app: toolResult()
+        this._handling.add(call.callId);
+        if (tool.approve) this._ask(turn, call, false);
+        else this._runTool(turn, call, tool);
+      }
+    }
+  }
+
+  _ask(turn, call, server) {
+    call.state = "approval";
+    const approval = new ToolApproval(this, turn.id, call, server);
+    this._approvals.set(call.callId, approval);
+    this._emit("approval", approval, cloneTurn(turn));
+  }
+
+  /** allow()/deny() of a ToolApproval. */
+  _decide(approval, allowed) {
+    if (!approval.open) return Promise.resolve();
+    approval.open = false;
+    approval.decision = allowed ? "allowed" : "denied";
+    this._approvals.delete(approval.callId);
+    const found = this._findCall(approval.callId);
+    if (!found || found.call.state === "done" || found.call.state === "abandoned") return Promise.resolve();
+    const { turn, call } = found;
+    if (approval.server) {
+      call.state = "running"; // the server runs it (or logs the denial as its result)
+      const frame = { type: "tool.approve", call_id: call.callId, approved: allowed };
+      this._toolOutbox.set(call.callId, { frame, responseId: turn.id, sentGen: 0, approve: true });
+      this._emit("tool_state", { callId: call.callId, state: call.state }, cloneTurn(turn));
+      this._saveSoon();
+      this._flush();
+      return Promise.resolve();
+    }
+    if (!allowed) {
+      this._answer(turn.id, call.callId, "denied by the user", true);
+      return Promise.resolve();
+    }
+    const tool = this._tools.get(call.name);
+    if (!tool?.handler) {
+      this._answer(turn.id, call.callId, `tool ${call.name} is not available in this client`, true);
+      return Promise.resolve();
+    }
+    return this._runTool(turn, call, tool);
+  }
+
+  _runTool(turn, call, tool) {
+    call.state = "running";
+    this._emit("tool_state", { callId: call.callId, state: call.state }, cloneTurn(turn));
+    const info = { callId: call.callId, responseId: turn.id, name: call.name };
+    return Promise.resolve()
+      .then(() => tool.handler(call.arguments ?? {}, info))
+      .then(
+        (output) => [output, false],
+        (err) => [String(err?.message || err || "the tool failed"), true],
+      )
+      .then(([output, isError]) => {
+        const found = this._findCall(info.callId);
+        if (found && (found.call.state === "done" || found.call.state === "abandoned")) return;
+        this._answer(info.responseId, info.callId, output, isError);
+      });
+  }
+
+  /** Queue a tool.result; it is (re)sent until accepted, after the response asked for results. */
+  _answer(responseId, callId, output, isError) {
+    let frame = { type: "tool.result", call_id: callId, output: toolOutput(output) };
+    if (isError) frame.is_error = true;
+    const size = byteLength(JSON.stringify(frame));
+    if (size > this.options.maxFrameBytes) {
+      const why = `the tool's output is ${size} bytes, more than the ${this.options.maxFrameBytes} a frame may carry`;
+      frame = { type: "tool.result", call_id: callId, output: why, is_error: true };
+    }
+    this._toolOutbox.set(callId, { frame, responseId, sentGen: 0 });
+    const found = this._findCall(callId);
+    if (found && found.call.state !== "done") {
+      found.call.state = "sent";
+      this._emit("tool_state", { callId, state: "sent" }, cloneTurn(found.turn));
+    }
+    this._saveSoon();
+    this._flush();
+  }
+
+  _flushTools(gen) {
+    for (const r of this._toolOutbox.values()) {
+      if (r.sentGen === gen) continue;
+      const t = r.responseId && this._turns.find((x) => x.id === r.responseId);
+      if (!r.approve && t && t.finishReason == null) continue; // results go once the response asked for them
+      if (this._sendFrame(r.frame)) r.sentGen = gen;
+    }
+  }
+
+  _onToolDuplicate(ev) {
+    // Already accepted (its tool.result.accepted is in the log): nothing to resend.
+    if (this._toolOutbox.delete(ev.call_id)) this._saveSoon();
+    this._emit("tool_duplicate", ev);
+  }
+
+  _onToolRefused(ev, ref, info) {
+    info.callId = ref.call_id;
+    const r = this._toolOutbox.get(ref.call_id);
+    if (!r) return;
+    if (ev.retryable) {
+      r.sentGen = 0;
+      const wait = ev.retry_after_ms ?? 1000;
+      info.retryInMs = wait;
+      info.willRetry = true;
+      this._scheduleFlush(wait);
+    } else {
+      this._toolOutbox.delete(ref.call_id); // unknown or finished call: the server will never take it
+      this._saveSoon();
+    }
+  }
+
+  _restoreTools(raw) {
+    for (const r of raw.tool_outbox || []) {
+      const id = r?.frame?.call_id;
+      if (typeof id !== "string") continue;
+      this._toolOutbox.set(id, {
+        frame: r.frame,
+        responseId: r.response_id ?? null,
+        sentGen: 0,
+        approve: r.frame.type === "tool.approve",
+      });
+    }
+    // What this page was doing with a call (asking, running) died with it: start over once caught up.
+    for (const t of this._turns) {
+      for (const c of t.toolCalls ?? []) {
+        if (c.state !== "approval" && c.state !== "running" && c.state !== "sent") continue;
+        if (c.server) c.state = c.approvalRequested && !this._toolOutbox.has(c.callId) ? "approval" : "running";
+        else c.state = this._toolOutbox.has(c.callId) ? "sent" : "pending";
+      }
+    }
+  }
+
+  /** A snapshot's calls (`tool_calls` on assistant turns) and results (`tool` turns). */
+  _snapshotTools(ev, turns) {
+    const source = [...(ev.turns || []), ...(ev.in_flight ? [ev.in_flight] : [])];
+    const results = new Map();
+    for (const t of source) if (t.role === "tool") results.set(t.id, t);
+    for (const t of source) {
+      if (t.role !== "assistant") continue;
+      const turn = turns.find((x) => x.id === t.id && x.role === "assistant");
+      if (!turn) continue;
+      if (t.continues) turn.continues = t.continues;
+      if (t.reasoning) turn.reasoning = t.reasoning;
+      if (!Array.isArray(t.tool_calls) || !t.tool_calls.length) continue;
+      turn.toolCalls = t.tool_calls.map((c) => {
+        const call = {
+          callId: c.call_id,
+          name: c.name,
+          arguments: c.arguments ?? {},
+          argumentsText: JSON.stringify(c.arguments ?? {}),
+          server: !!c.server,
+          state: c.server ? "running" : "pending",
+        };
+        const res = results.get(c.call_id);
+        if (res) Object.assign(call, { state: "done", output: res.output ?? res.content, isError: !!res.is_error });
+        else if (!isOpen(turn)) call.state = "abandoned";
+        return call;
+      });
+    }
+    for (const id of [...this._toolOutbox.keys()]) if (results.has(id)) this._toolOutbox.delete(id);
   }
 
   // ----------------------------------------------------------------- outbox
@@ -1693,6 +2158,7 @@ export class ParleyClient extends EventTarget {
     if (this._awaitingSnapshot && !force) return;
     this._caughtUp = true;
     this._clearTimer("catchUp");
+    this._dispatchCalls(); // pending tool calls, rebuilt from the log, are run or asked about again (issue 17)
     this._flush();
   }
 
@@ -1716,6 +2182,7 @@ export class ParleyClient extends EventTarget {
         fb.wasSent = true;
       }
     }
+    this._flushTools(gen); // issue 17
     // Messages go one at a time, in order: the next only after the previous reply completed.
     const p = this._pending[0];
     if (!p || p.messageId || p.sentGen === gen) return;
@@ -1726,6 +2193,7 @@ export class ParleyClient extends EventTarget {
       return;
     }
     const frame = { type: "message.send", client_msg_id: p.clientMsgId, content: p.content, ...p.extra };
+    this._turnTools(frame); // issue 17
     if (this._sendFrame(frame)) {
       p.sentGen = gen;
       p.wasSent = true;
@@ -1751,6 +2219,52 @@ export class ParleyClient extends EventTarget {
   }
 }
 
+// ------------------------------------------------------------ tool calls (issue 17)
+
+/** A tool's output as the wire carries it: a string or a JSON value (undefined: ""). */
+function toolOutput(value) {
+  if (value === undefined) return "";
+  if (typeof value === "string") return value;
+  try {
+    const json = JSON.stringify(value);
+    return json === undefined ? String(value) : JSON.parse(json);
+  } catch {
+    return String(value);
+  }
+}
+
+/**
+ * A call waiting for the person's decision (the "approval" event): a client tool registered
+ * with {approve: true}, or a server tool that asked (tool.approval_requested). allow() runs the
+ * handler (client) or sends tool.approve{approved: true} (server); deny() sends
+ * tool.result{is_error: true, output: "denied by the user"} (client) or tool.approve{approved: false}.
+ */
+export class ToolApproval {
+  constructor(client, responseId, call, server) {
+    this.client = client;
+    this.responseId = responseId;
+    this.callId = call.callId;
+    this.name = call.name;
+    this.arguments = call.arguments ?? {};
+    this.server = server;
+    this.open = true; // false once decided, answered elsewhere, or the response ended
+    this.decision = null; // "allowed" | "denied" once decided here
+  }
+
+  allow() {
+    return this.client._decide(this, true);
+  }
+
+  /** The same as allow() (the name server-tool code tends to use). */
+  approve() {
+    return this.allow();
+  }
+
+  deny() {
+    return this.client._decide(this, false);
+  }
+}
+
 /**
  * One turn's events as an async iterator (what `client.stream()` returns).
  * Events are queued from the moment the message is sent, so none is missed
@@ -1763,6 +2277,7 @@ export class TurnStream {
     this.messageId = null;
     this.text = "";
     this.turn = null; // the assistant turn, once completed
+    this.responseIds = []; // every response of this turn: one, plus a continuation per round of tool results
     this._queue = [];
     this._wake = null;
     this._ended = false;
@@ -1782,30 +2297,46 @@ export class TurnStream {
       this.messageId = ev.message_id;
       push(ev);
     });
+    const mine = (id) => this.responseIds.includes(id);
+    const follow = (id) => {
+      if (!mine(id)) this.responseIds.push(id);
+      this.responseId = id;
+    };
     listen("duplicate", (ev) => {
       if (ev.client_msg_id !== this.clientMsgId) return;
       this.messageId = ev.message_id;
-      this.responseId = ev.response_id;
-      const t = client.turn(ev.response_id);
-      if (t) this.text = t.content;
+      follow(ev.response_id);
+      const t = client._lastOfChain(ev.response_id);
+      if (t) {
+        follow(t.id);
+        this.text = t.content;
+      }
       push(ev);
     });
     listen("started", (ev) => {
-      if (ev.in_reply_to !== this.messageId && own?.responseId !== ev.response_id) return;
-      this.responseId = ev.response_id;
+      const continuation = ev.continues && mine(ev.continues); // after tool results (issue 17)
+      if (!continuation && ev.in_reply_to !== this.messageId && own?.responseId !== ev.response_id) return;
+      follow(ev.response_id);
+      this.text = "";
       push(ev);
       if (this._cancelWanted) client.cancel(ev.response_id);
     });
     listen("delta", (ev, turn) => {
-      if (!this.responseId || ev.response_id !== this.responseId) return;
+      if (ev.response_id !== this.responseId) return;
       this.text = turn.content;
       push(ev);
     });
     listen("completed", (ev, turn) => {
-      if (!this.responseId || ev.response_id !== this.responseId) return;
-      this.text = turn.content;
+      if (!mine(ev.response_id)) return;
+      if (ev.response_id === this.responseId) this.text = turn.content;
       push(ev);
     });
+    // tool calls and reasoning (issue 17): the wire events of this turn's responses
+    for (const type of ["tool_call_delta", "tool_call", "approval_requested", "tool_result", "reasoning"]) {
+      listen(type, (ev) => {
+        if (mine(ev.response_id)) push(ev);
+      });
+    }
     listen("conversation", () => {
       // A snapshot replaced the conversation: the text may have jumped.
       const t = this.responseId && client.turn(this.responseId);
@@ -1814,7 +2345,7 @@ export class TurnStream {
     this.done.then(
       (turn) => {
         this.turn = turn;
-        this.responseId = turn?.id ?? this.responseId;
+        if (turn?.id) follow(turn.id);
         this.text = turn?.content ?? this.text;
         this._end(null);
       },

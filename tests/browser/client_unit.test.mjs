@@ -774,8 +774,16 @@ test("an error code this version does not know (session_lost) is terminal and ke
 });
 
 test("the exported type lists name every v1 message", () => {
-  assert.deepEqual([...CLIENT_TYPES].sort(), ["feedback", "hello", "message.send", "ping", "response.cancel"]);
-  assert.equal(new Set(SERVER_TYPES).size, 11);
+  assert.deepEqual([...CLIENT_TYPES].sort(), [
+    "feedback",
+    "hello",
+    "message.send",
+    "ping",
+    "response.cancel",
+    "tool.approve",
+    "tool.result",
+  ]);
+  assert.equal(new Set(SERVER_TYPES).size, 17);
 });
 
 test("a refusal without a ref is taken as the in-flight message's (the frame budget sends none)", async () => {
@@ -790,4 +798,393 @@ test("a refusal without a ref is taken as the in-flight message's (the frame bud
   env.clock.advance(500);
   const resent = ws.frames("message.send").filter((f) => f.client_msg_id === q.clientMsgId);
   assert.equal(resent.length, 2, "retried after retry_after_ms with the same id");
+});
+
+// ------------------------------------------------------------------ tool calls (issue 17)
+
+const THEME = {
+  description: "Switch the page between light and dark.",
+  parameters: { type: "object", properties: { theme: { enum: ["light", "dark"] } }, required: ["theme"] },
+};
+
+/** The server's side of a turn whose first response calls tools and ends with finish_reason "tool_calls". */
+function toolTurn(cmid, calls, { base = 0, rid = "r1", finish = true } = {}) {
+  const evs = [
+    { seq: base + 1, type: "message.accepted", client_msg_id: cmid, message_id: "m1", content: "/tool" },
+    { seq: base + 2, type: "response.started", response_id: rid, in_reply_to: "m1", profile: "default@1", trace_id: "t1" },
+  ];
+  for (const c of calls) {
+    const text = JSON.stringify(c.arguments);
+    const half = Math.floor(text.length / 2);
+    for (const piece of [text.slice(0, half), text.slice(half)]) {
+      evs.push({ type: "response.tool_call.delta", response_id: rid, call_id: c.call_id, name: c.name, arguments_delta: piece });
+    }
+    evs.push({ type: "response.tool_call", response_id: rid, server: false, ...c });
+  }
+  if (finish) {
+    evs.push({ type: "response.completed", response_id: rid, finish_reason: "tool_calls", usage: { input_tokens: 1, output_tokens: 1 } });
+  }
+  return evs.map((e, i) => ({ ...e, seq: base + 1 + i }));
+}
+
+/** The continuation after the results: accepted results, then a reply that ends with "stop". */
+function continuation(base, results, { rid = "r2", prev = "r1", text = "Done." } = {}) {
+  const evs = results.map((r) => ({ type: "tool.result.accepted", response_id: prev, is_error: false, ...r }));
+  evs.push({ type: "response.started", response_id: rid, in_reply_to: "m1", profile: "default@1", trace_id: "t2", continues: prev });
+  evs.push({ type: "response.delta", response_id: rid, text });
+  evs.push({ type: "response.completed", response_id: rid, finish_reason: "stop", usage: { input_tokens: 2, output_tokens: 1 } });
+  return evs.map((e, i) => ({ ...e, seq: base + 1 + i }));
+}
+
+const settle = async () => {
+  for (let i = 0; i < 5; i++) await tick();
+};
+
+test("a tool round trip: declared in hello, run on the call, result sent after tool_calls, reply after the continuation", async () => {
+  const env = makeEnv();
+  const seen = [];
+  env.client.tool("set_theme", THEME, (args, call) => {
+    seen.push([args, call.callId]);
+    return { theme: args.theme };
+  });
+  env.client.connect();
+  const ws = await ready(env);
+  assert.deepEqual(ws.sent[0].tools, [{ name: "set_theme", description: THEME.description, parameters: THEME.parameters }]);
+  const p = env.client.send("/tool set_theme");
+  assert.equal(ws.frames("message.send")[0].tools, undefined, "declared once, in hello");
+  const evs = toolTurn(p.clientMsgId, [{ call_id: "call_1", name: "set_theme", arguments: { theme: "dark" } }]);
+  for (const ev of evs.slice(0, -1)) ws.push(ev);
+  await settle();
+  assert.deepEqual(seen, [[{ theme: "dark" }, "call_1"]]);
+  assert.equal(ws.frames("tool.result").length, 0, "held until the response asks for results");
+  assert.equal(env.client.turn("r1").toolCalls[0].state, "sent");
+  ws.push(evs[evs.length - 1]);
+  assert.deepEqual(ws.frames("tool.result"), [{ type: "tool.result", call_id: "call_1", output: { theme: "dark" } }]);
+  assert.equal(env.client.activeResponseId, "r1", "a response waiting for results is still active");
+  for (const ev of continuation(evs.length, [{ call_id: "call_1", output: { theme: "dark" } }])) ws.push(ev);
+  const reply = await p;
+  assert.equal(reply.id, "r2");
+  assert.equal(reply.continues, "r1");
+  assert.equal(reply.content, "Done.");
+  const call = env.client.turn("r1").toolCalls[0];
+  assert.equal(call.state, "done");
+  assert.deepEqual(call.output, { theme: "dark" });
+  assert.equal(call.argumentsText, '{"theme":"dark"}');
+  assert.deepEqual(env.client.pendingCalls, []);
+});
+
+test("two calls in one response are both answered, in one round, before the continuation", async () => {
+  const env = makeEnv();
+  env.client.tool("add", { parameters: { type: "object" } }, ({ a, b }) => a + b);
+  env.client.connect();
+  const ws = await ready(env);
+  const p = env.client.send("sum twice");
+  const calls = [
+    { call_id: "c1", name: "add", arguments: { a: 1, b: 2 } },
+    { call_id: "c2", name: "add", arguments: { a: 3, b: 4 } },
+  ];
+  const evs = toolTurn(p.clientMsgId, calls);
+  for (const ev of evs) ws.push(ev);
+  await settle();
+  const results = ws.frames("tool.result");
+  assert.deepEqual(results.map((r) => [r.call_id, r.output]).sort(), [["c1", 3], ["c2", 7]]);
+  assert.deepEqual(env.client.pendingCalls.map((c) => c.state), ["sent", "sent"]);
+  for (const ev of continuation(evs.length, [{ call_id: "c1", output: 3 }, { call_id: "c2", output: 7 }])) ws.push(ev);
+  assert.equal((await p).content, "Done.");
+});
+
+test("approval: allow() runs the handler; deny() sends 'denied by the user' without running it", async () => {
+  const env = makeEnv();
+  let runs = 0;
+  env.client.tool("set_theme", THEME, () => ++runs && "ok", { approve: true });
+  const asked = [];
+  env.client.on("approval", (a, turn) => asked.push([a, turn.id]));
+  env.client.connect();
+  const ws = await ready(env);
+  const p = env.client.send("two themes");
+  const calls = [
+    { call_id: "c1", name: "set_theme", arguments: { theme: "dark" } },
+    { call_id: "c2", name: "set_theme", arguments: { theme: "light" } },
+  ];
+  for (const ev of toolTurn(p.clientMsgId, calls)) ws.push(ev);
+  await settle();
+  assert.equal(asked.length, 2);
+  assert.equal(runs, 0);
+  assert.equal(ws.frames("tool.result").length, 0, "nothing is sent before the person decides");
+  const [[first, rid], [second]] = asked;
+  assert.equal(rid, "r1");
+  assert.deepEqual([first.callId, first.name, first.arguments, first.server], ["c1", "set_theme", { theme: "dark" }, false]);
+  assert.equal(env.client.approvals.length, 2);
+  assert.equal(env.client.turn("r1").toolCalls[0].state, "approval");
+  await first.allow();
+  await second.deny();
+  await second.deny(); // a second click changes nothing
+  assert.equal(runs, 1);
+  assert.deepEqual(ws.frames("tool.result"), [
+    { type: "tool.result", call_id: "c1", output: "ok" },
+    { type: "tool.result", call_id: "c2", output: "denied by the user", is_error: true },
+  ]);
+  assert.equal(first.decision, "allowed");
+  assert.equal(second.decision, "denied");
+  assert.equal(env.client.approvals.length, 0);
+});
+
+test("a handler that throws sends an error result with its message", async () => {
+  const env = makeEnv();
+  env.client.tool("boom", {}, async () => {
+    throw new Error("the disk is full");
+  });
+  env.client.connect();
+  const ws = await ready(env);
+  const p = env.client.send("boom");
+  for (const ev of toolTurn(p.clientMsgId, [{ call_id: "c1", name: "boom", arguments: {} }])) ws.push(ev);
+  await settle();
+  assert.deepEqual(ws.frames("tool.result"), [
+    { type: "tool.result", call_id: "c1", output: "the disk is full", is_error: true },
+  ]);
+});
+
+test("a reload while the approval is shown asks again once caught up, and allow() then answers", async () => {
+  const storage = new FakeStorage();
+  const env1 = makeEnv({ storage });
+  env1.client.tool("set_theme", THEME, () => "old page", { approve: true });
+  const asked1 = [];
+  env1.client.on("approval", (a) => asked1.push(a));
+  env1.client.connect();
+  const ws1 = await ready(env1);
+  const p = env1.client.send("/tool set_theme");
+  p.catch(() => {});
+  const evs = toolTurn(p.clientMsgId, [{ call_id: "c1", name: "set_theme", arguments: { theme: "dark" } }]);
+  for (const ev of evs) ws1.push(ev);
+  await settle();
+  assert.equal(asked1.length, 1);
+  env1.clock.advance(200); // the throttled save runs; then the page goes away undecided
+
+  const env2 = makeEnv({ storage });
+  let ran = null;
+  env2.client.tool("set_theme", THEME, (args) => (ran = args.theme), { approve: true });
+  const asked2 = [];
+  env2.client.on("approval", (a) => asked2.push(a));
+  assert.equal(env2.client.turn("r1").toolCalls[0].state, "pending", "stored with the conversation");
+  env2.client.connect();
+  const ws2 = await ready(env2, { resumed: true, last_seq: evs.length });
+  assert.equal(ws2.sent[0].last_seq, evs.length);
+  await settle();
+  assert.equal(asked2.length, 1, "asked again after the reload");
+  assert.equal(asked2[0].callId, "c1");
+  await asked2[0].allow();
+  assert.equal(ran, "dark");
+  assert.deepEqual(ws2.frames("tool.result"), [{ type: "tool.result", call_id: "c1", output: "dark" }]);
+});
+
+test("pending calls are rebuilt from a replay from seq 0; answered ones are not run again", async () => {
+  const env = makeEnv({ storage: null });
+  const runs = [];
+  env.client.tool("add", {}, ({ a, b }) => {
+    runs.push(a + b);
+    return a + b;
+  });
+  // the log of an earlier page: call c1 answered and continued; then a second turn whose call c2 waits
+  const first = toolTurn("old-1", [{ call_id: "c1", name: "add", arguments: { a: 1, b: 1 } }]);
+  const cont = continuation(first.length, [{ call_id: "c1", output: 2 }]);
+  const second = toolTurn("old-2", [{ call_id: "c2", name: "add", arguments: { a: 2, b: 3 } }], {
+    base: first.length + cont.length,
+    rid: "r3",
+  }).map((e) => (e.type === "message.accepted" ? { ...e, message_id: "m2" } : e.in_reply_to ? { ...e, in_reply_to: "m2" } : e));
+  const log = [...first, ...cont, ...second];
+  env.client.connect();
+  const ws = await ready(env, { resumed: true, last_seq: log.length });
+  for (const ev of log.slice(0, -1)) ws.push(ev);
+  await settle();
+  assert.deepEqual(runs, [], "nothing runs while the replay is still catching up");
+  ws.push(log[log.length - 1]);
+  await settle();
+  assert.equal(env.client.lastSeq, log.length);
+  assert.deepEqual(runs, [5], "only the call without a result runs");
+  assert.deepEqual(ws.frames("tool.result"), [{ type: "tool.result", call_id: "c2", output: 5 }]);
+});
+
+test("a result is resent after a reconnect until logged; a duplicate answer settles it", async () => {
+  const env = makeEnv();
+  env.client.tool("add", {}, ({ a, b }) => a + b);
+  env.client.connect();
+  const ws1 = await ready(env);
+  const p = env.client.send("add");
+  p.catch(() => {});
+  const evs = toolTurn(p.clientMsgId, [{ call_id: "c1", name: "add", arguments: { a: 1, b: 2 } }]);
+  for (const ev of evs) ws1.push(ev);
+  await settle();
+  assert.equal(ws1.frames("tool.result").length, 1);
+  ws1.drop(1006); // the result may or may not have arrived
+  env.clock.advance(1000);
+  const ws2 = await ready(env, { resumed: true, last_seq: evs.length });
+  assert.deepEqual(ws2.frames("tool.result"), [{ type: "tool.result", call_id: "c1", output: 3 }]);
+  const dups = [];
+  env.client.on("tool_duplicate", (ev) => dups.push(ev.call_id));
+  ws2.push({ type: "tool.result.duplicate", call_id: "c1", response_id: "r1", accepted_seq: evs.length + 1 });
+  assert.deepEqual(dups, ["c1"]);
+  ws2.drop(1006);
+  env.clock.advance(1000);
+  const ws3 = await ready(env, { resumed: true, last_seq: evs.length });
+  assert.equal(ws3.frames("tool.result").length, 0, "not sent again once the server said it has it");
+});
+
+test("a refused result (unknown call) is dropped from the outbox and reported with its call_id", async () => {
+  const env = makeEnv();
+  env.client.connect();
+  const ws = await ready(env);
+  env.client.toolResult("nope", "x");
+  assert.equal(ws.frames("tool.result").length, 1);
+  const errors = [];
+  env.client.on("error", (ev, info) => errors.push([ev.code, info.callId]));
+  ws.push({ type: "error", code: "invalid_message", message: "unknown call", retryable: false, ref: { type: "tool.result", call_id: "nope" } });
+  assert.deepEqual(errors, [["invalid_message", "nope"]]);
+  ws.drop(1006);
+  env.clock.advance(1000);
+  const ws2 = await ready(env, { resumed: true });
+  assert.equal(ws2.frames("tool.result").length, 0);
+});
+
+test("a server tool that asks for approval: approve() and deny() send tool.approve; its result settles it", async () => {
+  const env = makeEnv();
+  const asked = [];
+  env.client.on("approval", (a) => asked.push(a));
+  env.client.connect();
+  const ws = await ready(env);
+  const p = env.client.send("what time is it?");
+  const base = toolTurn(p.clientMsgId, [], { finish: false });
+  for (const ev of base) ws.push(ev);
+  let seq = base.length;
+  for (const id of ["s1", "s2"]) {
+    ws.push({ seq: ++seq, type: "response.tool_call", response_id: "r1", call_id: id, name: "clock", arguments: { tz: "UTC" }, server: true });
+    ws.push({ seq: ++seq, type: "tool.approval_requested", response_id: "r1", call_id: id, name: "clock", arguments: { tz: "UTC" } });
+  }
+  await settle();
+  assert.deepEqual(asked.map((a) => [a.callId, a.server, a.name]), [["s1", true, "clock"], ["s2", true, "clock"]]);
+  await asked[0].approve();
+  await asked[1].deny();
+  assert.deepEqual(ws.frames("tool.approve"), [
+    { type: "tool.approve", call_id: "s1", approved: true },
+    { type: "tool.approve", call_id: "s2", approved: false },
+  ]);
+  assert.equal(ws.frames("tool.result").length, 0, "a server tool's result is the server's");
+  ws.push({ seq: ++seq, type: "tool.result.accepted", response_id: "r1", call_id: "s1", output: "12:00", is_error: false });
+  const calls = env.client.turn("r1").toolCalls;
+  assert.deepEqual(calls.map((c) => c.state), ["done", "running"]);
+  assert.equal(calls[0].output, "12:00");
+});
+
+test("reasoning deltas build turn.reasoning and reach listeners and the stream", async () => {
+  const env = makeEnv();
+  const heard = [];
+  env.client.on("reasoning", (ev, turn) => heard.push(turn.reasoning));
+  env.client.connect();
+  const ws = await ready(env);
+  const turn = env.client.stream("think");
+  const evs = conversation(turn.clientMsgId, { text: ["Yes."] });
+  evs.splice(2, 0, { type: "response.reasoning.delta", response_id: "r1", text: "Let me " }, { type: "response.reasoning.delta", response_id: "r1", text: "think. " });
+  for (const [i, ev] of evs.entries()) ws.push({ ...ev, seq: i + 1 });
+  const types = [];
+  for await (const ev of turn) types.push(ev.type);
+  assert.deepEqual(heard, ["Let me ", "Let me think. "]);
+  assert.equal(env.client.turn("r1").reasoning, "Let me think. ");
+  assert.deepEqual(types.filter((t) => t.includes("reasoning")), ["response.reasoning.delta", "response.reasoning.delta"]);
+  assert.equal(turn.text, "Yes.");
+});
+
+test("stream() goes on through tool calls and the continuation, and ends with the continuation's reply", async () => {
+  const env = makeEnv();
+  env.client.tool("add", {}, ({ a, b }) => a + b);
+  env.client.connect();
+  const ws = await ready(env);
+  const turn = env.client.stream("add");
+  const evs = toolTurn(turn.clientMsgId, [{ call_id: "c1", name: "add", arguments: { a: 1, b: 2 } }]);
+  for (const ev of evs) ws.push(ev);
+  await settle();
+  for (const ev of continuation(evs.length, [{ call_id: "c1", output: 3 }], { text: "It is 3." })) ws.push(ev);
+  const types = [];
+  for await (const ev of turn) types.push(ev.type);
+  assert.deepEqual(types, [
+    "message.accepted",
+    "response.started",
+    "response.tool_call.delta",
+    "response.tool_call.delta",
+    "response.tool_call",
+    "response.completed",
+    "tool.result.accepted",
+    "response.started",
+    "response.delta",
+    "response.completed",
+  ]);
+  assert.deepEqual(turn.responseIds, ["r1", "r2"]);
+  assert.equal(turn.responseId, "r2");
+  assert.equal(turn.text, "It is 3.");
+  assert.equal((await turn.done).finishReason, "stop");
+});
+
+test("cancel() stops a response waiting for results: its calls are abandoned and the approval closes", async () => {
+  const env = makeEnv();
+  env.client.tool("set_theme", THEME, () => "ok", { approve: true });
+  const asked = [];
+  env.client.on("approval", (a) => asked.push(a));
+  env.client.connect();
+  const ws = await ready(env);
+  const p = env.client.send("/tool set_theme");
+  const evs = toolTurn(p.clientMsgId, [{ call_id: "c1", name: "set_theme", arguments: { theme: "dark" } }]);
+  for (const ev of evs) ws.push(ev);
+  await settle();
+  const cancelled = env.client.cancel();
+  assert.deepEqual(ws.frames("response.cancel"), [{ type: "response.cancel", response_id: "r1" }]);
+  ws.push({ seq: evs.length + 1, type: "response.completed", response_id: "r1", finish_reason: "cancelled", usage: { input_tokens: 1, output_tokens: 1 } });
+  assert.equal((await cancelled).finishReason, "cancelled");
+  assert.equal((await p).finishReason, "cancelled");
+  assert.equal(env.client.turn("r1").toolCalls[0].state, "abandoned");
+  assert.equal(asked[0].open, false);
+  await asked[0].allow(); // too late: nothing is sent
+  assert.equal(ws.frames("tool.result").length, 0);
+  assert.equal(env.client.activeResponseId, null);
+});
+
+test("a tool registered after hello goes with each turn, never twice; a turn's own tools and tool_choice are sent", async () => {
+  const env = makeEnv();
+  env.client.connect();
+  const ws = await ready(env);
+  assert.equal(ws.sent[0].tools, undefined);
+  env.client.tool("late", { description: "registered after hello" }, () => "x");
+  const p = env.client.send("hi", { tools: [{ name: "pick", parameters: { type: "object" } }], toolChoice: "required" });
+  const frame = ws.frames("message.send")[0];
+  assert.deepEqual(frame.tools.map((t) => t.name), ["pick", "late"]);
+  assert.equal(frame.tool_choice, "required");
+  for (const ev of conversation(p.clientMsgId)) ws.push(ev);
+  await p;
+  ws.drop(1006);
+  env.clock.advance(1000);
+  const ws2 = await ready(env, { resumed: true, last_seq: 5 });
+  assert.deepEqual(ws2.sent[0].tools.map((t) => t.name), ["late"], "the next hello declares it");
+  env.client.send("again");
+  assert.equal(ws2.frames("message.send")[0].tools, undefined);
+});
+
+test("a snapshot rebuilds calls (tool_calls) and their results (tool turns); an unanswered one is run", async () => {
+  const env = makeEnv();
+  const runs = [];
+  env.client.tool("add", {}, ({ a, b }) => runs.push(a + b) && a + b);
+  env.client.connect();
+  const ws = await ready(env, { resumed: true, recovered: false, last_seq: 9 });
+  ws.push({
+    type: "session.snapshot",
+    last_seq: 9,
+    turns: [
+      { role: "user", id: "m1", content: "add" },
+      { role: "assistant", id: "r1", content: "", finish_reason: "tool_calls", tool_calls: [{ call_id: "c1", name: "add", arguments: { a: 1, b: 1 } }] },
+      { role: "tool", id: "c1", content: "2", response_id: "r1", name: "add", output: 2, is_error: false },
+      { role: "assistant", id: "r2", content: "Two.", finish_reason: "tool_calls", tool_calls: [{ call_id: "c2", name: "add", arguments: { a: 2, b: 2 } }] },
+    ],
+  });
+  await settle();
+  const t1 = env.client.turn("r1");
+  assert.deepEqual([t1.toolCalls[0].state, t1.toolCalls[0].output], ["done", 2]);
+  assert.equal(env.client.turns.filter((t) => t.role === "tool").length, 0, "results live on their calls");
+  assert.deepEqual(runs, [4]);
+  assert.deepEqual(ws.frames("tool.result"), [{ type: "tool.result", call_id: "c2", output: 4 }]);
 });

@@ -35,6 +35,8 @@ async function main(): Promise<void> {
   for await (const ev of turn) {
     const typed: TurnEvent = ev;
     if (ev.type === "response.delta") text += ev.text;
+    if (ev.type === "response.tool_call") console.log(ev.name, ev.arguments, ev.server);
+    if (ev.type === "tool.result.accepted") console.log(ev.call_id, ev.output, ev.is_error);
     if (ev.type === "response.completed") {
       const done: ResponseCompletedEvent = ev;
       console.log(done.finish_reason, done.usage.output_tokens, typed.type);
@@ -58,6 +60,29 @@ async function main(): Promise<void> {
   off();
   client.on("status", (s) => console.log(s.state === "failed" ? s.error?.code : s.state));
 
+  // tools (issue 17)
+  const offTool = client.tool<{ theme: "light" | "dark" }>(
+    "set_theme",
+    { description: "Switch the theme", parameters: { type: "object", properties: { theme: { enum: ["light", "dark"] } } } },
+    (args, call) => {
+      console.log(call.callId, call.responseId);
+      return { theme: args.theme };
+    },
+    { approve: true },
+  );
+  offTool();
+  client.on("approval", (approval, t) => {
+    console.log(approval.name, approval.arguments, approval.open, t.toolCalls?.[0]?.state);
+    void (approval.server ? approval.approve() : approval.deny());
+  });
+  client.on("reasoning", (ev, t) => console.log(ev.text, t.reasoning));
+  client.on("tool_result", (ev, t) => console.log(ev.output, t.continues));
+  client.toolResult("call_1", { ok: true }, { isError: false });
+  for (const c of client.pendingCalls) console.log(c.callId, c.state, c.responseId, c.argumentsText);
+  await client.send("pick", { tools: [{ name: "pick", parameters: { type: "object" } }], toolChoice: { name: "pick" } });
+  const usage = reply.usage?.reasoning_tokens ?? 0;
+  console.log(usage, turn.responseIds.length);
+
   try {
     await client.send("x");
   } catch (err) {
@@ -69,6 +94,10 @@ async function main(): Promise<void> {
   await client.feedback(reply.id, "meh");
   // @ts-expect-error: no such event
   client.on("deltas", () => {});
+  // @ts-expect-error: a tool's options are {approve}
+  client.tool("x", {}, null, { ask: true });
+  // @ts-expect-error: toolChoice is "auto" | "none" | "required" | {name}
+  client.send("x", { toolChoice: "always" });
   // @ts-expect-error: text is a string
   const n: number = turn.text;
   console.log(n);
