@@ -424,7 +424,9 @@ class MemoryStore:
         if mode == "server":
             if call.state == "d":
                 return CallsOutcome("duplicate", response_id=rid, accepted_seq=call.seq)
-            if call.kind == "client" or call.state != "r" or s.active != runner or s.cancel == runner:
+            if s.cancel == runner:
+                return CallsOutcome("cancel", response_id=rid)
+            if call.kind == "client" or call.state != "r" or s.active != runner:
                 return CallsOutcome("gone", response_id=rid)
         elif mode == "result":
             if call.kind != "client":

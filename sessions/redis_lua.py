@@ -286,7 +286,8 @@ if not kind then return {'unknown'} end
 local m = redis.call('HMGET', KEYS[1], 'wait', 'active', 'cancel')
 if mode == 'server' then
   if state == 'd' then return {'duplicate', rid, seq} end
-  if kind == 'c' or state ~= 'r' or m[2] ~= ARGV[12] or m[3] == ARGV[12] then return {'gone', rid} end
+  if m[3] == ARGV[12] then return {'cancel', rid} end
+  if kind == 'c' or state ~= 'r' or m[2] ~= ARGV[12] then return {'gone', rid} end
 elseif mode == 'result' then
   if kind ~= 'c' then return {'closed', rid} end
   if state == 'd' then return {'duplicate', rid, seq} end
