@@ -429,10 +429,10 @@ class MemoryStore:
             if call.kind == "client" or call.state != "r" or s.active != runner:
                 return CallsOutcome("gone", response_id=rid)
         elif mode == "result":
-            if call.kind != "client":
-                return CallsOutcome("closed", response_id=rid)
             if call.state == "d":
                 return CallsOutcome("duplicate", response_id=rid, accepted_seq=call.seq)
+            if call.kind != "client":
+                return CallsOutcome("closed", response_id=rid)
             if not waiting:
                 return CallsOutcome("closed", response_id=rid)
         else:

@@ -289,8 +289,8 @@ if mode == 'server' then
   if m[3] == ARGV[12] then return {'cancel', rid} end
   if kind == 'c' or state ~= 'r' or m[2] ~= ARGV[12] then return {'gone', rid} end
 elseif mode == 'result' then
-  if kind ~= 'c' then return {'closed', rid} end
   if state == 'd' then return {'duplicate', rid, seq} end
+  if kind ~= 'c' then return {'closed', rid} end
   if m[1] ~= rid then return {'closed', rid} end
 else
   if kind ~= 'a' then return {'closed', rid} end
