@@ -365,7 +365,7 @@ HTTP_STATUS: dict[ErrorCode, HTTPStatus] = {
     ErrorCode.PAYLOAD_TOO_LARGE: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
     ErrorCode.POLICY_REFUSAL: HTTPStatus.UNPROCESSABLE_ENTITY,
     ErrorCode.SCHEMA_VALIDATION_FAILED: HTTPStatus.UNPROCESSABLE_ENTITY,
-    ErrorCode.TOOL_TIMEOUT: HTTPStatus.REQUEST_TIMEOUT,  # the caller's tool results came too late
+    ErrorCode.TOOL_TIMEOUT: HTTPStatus.GATEWAY_TIMEOUT,  # like a gateway, the tools behind it did not answer
     ErrorCode.RATE_LIMITED: HTTPStatus.TOO_MANY_REQUESTS,
     ErrorCode.INTERNAL: HTTPStatus.INTERNAL_SERVER_ERROR,
     ErrorCode.UPSTREAM_UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
