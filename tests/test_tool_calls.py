@@ -87,7 +87,7 @@ def text_of(events: list[dict[str, Any]], rid: str) -> str:
 
 
 async def test_client_tool_round_trip(server: Any) -> None:
-    """A call streams its arguments, ends the response (tool_calls); its result is logged once and continues."""
+    """A call streams its arguments, ends the response (tool_calls); its result, logged once, continues."""
     async with ParleyClient(server.url) as c:
         await send(c, '/tool get_selection {"limit": 5}', [SELECTION])
         done, events = await until(c, "response.completed")

@@ -69,7 +69,7 @@ async def wait_for_call(c: ParleyClient) -> tuple[str, dict[str, Any]]:
 
 
 async def test_reconnect_while_waiting_then_result_on_another_instance(pair: list[ServerProcess]) -> None:
-    """A tab reloads onto B while a response waits; the replay shows the call; B's result continues it once."""
+    """A tab reloads onto B while a response waits; the replay shows the call; B's result continues once."""
     a, b = pair
     c = ParleyClient(a.url)
     await c.connect()
@@ -91,7 +91,7 @@ async def test_reconnect_while_waiting_then_result_on_another_instance(pair: lis
 
 
 async def test_two_instances_racing_on_the_last_result_continue_once(pair: list[ServerProcess]) -> None:
-    """The same last result sent to A and B at the same moment: one accepted, one duplicate, one continuation."""
+    """One last result sent to A and B at the same moment: accepted once, one continuation."""
     a, b = pair
     for attempt in range(5):
         async with ParleyClient(a.url) as ca:
@@ -140,7 +140,7 @@ async def test_restart_of_every_instance_while_waiting(redis_url: str) -> None:
 async def test_kill_9_during_a_server_tool_is_interrupted_and_never_run_twice(
     redis_url: str, tmp_path: Path
 ) -> None:
-    """kill -9 of the instance running a server tool: B ends the continuation as interrupted; nothing reruns it."""
+    """kill -9 of the instance running a server tool: B ends it as interrupted; nothing runs it again."""
     profiles = tmp_path / "profiles.toml"
     profiles.write_text(PROFILES)
     tool_log = tmp_path / "runs.log"
