@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hold", type=float, default=d.hold_s, help="idle mode (-t 0): hold connections (s)")
     p.add_argument("--connect-concurrency", type=int, default=d.connect_concurrency)
     p.add_argument("--content", default=d.content, help="user turn text; {turn} is the turn number")
+    p.add_argument(
+        "--tool-calls",
+        action="store_true",
+        help='a tool round trip per turn: declare a tool with tool_choice "required", answer each call',
+    )
     p.add_argument("--token", help="JWT for a server with auth on")
     p.add_argument("--tenant", help="hello.metadata.tenant_id (auth off)")
     chaos = p.add_argument_group("chaos")
@@ -118,6 +123,7 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
         content=args.content,
         token=args.token,
         tenant=args.tenant,
+        tool_calls=args.tool_calls,
         chaos=args.chaos,
         chaos_at=args.chaos_at,
         reply_tokens=args.reply_tokens,

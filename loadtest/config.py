@@ -5,6 +5,19 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+#: The client tool a ``--tool-calls`` turn declares (the echo model calls it with a minimal instance).
+TOOL: dict[str, Any] = {
+    "name": "lookup",
+    "description": "Look something up (the load client answers at once).",
+    "parameters": {
+        "type": "object",
+        "properties": {"q": {"type": "string", "maxLength": 40}},
+        "required": ["q"],
+    },
+}
+#: What the load client answers each call with.
+TOOL_OUTPUT = "ok"
+
 
 @dataclass
 class LoadConfig:
@@ -25,6 +38,7 @@ class LoadConfig:
     content: str = "Tell me about turn {turn}: the quick brown fox jumps over the lazy dog."
     token: str | None = None  # JWT for servers with auth on
     tenant: str | None = None  # hello.metadata.tenant_id (auth off)
+    tool_calls: bool = False  # each turn declares TOOL with tool_choice "required" and answers its call
     # chaos
     chaos: float = 0.0  # probability that a response is dropped at some point
     chaos_at: int | None = None  # drop after this many tokens (None: a random point)

@@ -122,6 +122,7 @@ def summary_table(report: dict[str, Any]) -> Table:
         ("gap", "inter-token gap", ("p50", "p99")),
         ("delivery", "delivery latency (append -> receive)", ("p50", "p99")),
         ("schedule_lag", "lag behind the token pace", ("p50", "p99")),
+        ("tool_round_trip", "tool.result -> continuation started", ("p50", "p99")),
         ("resume", "resume: reconnect -> caught up", ("p50", "p99")),
         ("connect", "connect -> session.ready", ("p50", "p99")),
     ):

@@ -27,7 +27,7 @@ from typing import Any
 from parley.protocol import PROTOCOL_VERSION
 from parley.protocol.errors import FATAL_CLOSE_CODES
 
-from .config import LoadConfig
+from .config import TOOL, TOOL_OUTPUT, LoadConfig
 from .stats import Histogram, Stats
 from .wire import HandshakeError, WireProtocol, open_ws
 
@@ -111,6 +111,7 @@ class LoadSession:
         self.drop_at: int | None = None
         self._dropping = False
         self.arrivals: list[tuple[int, float]] = []  # (token index, perf time) for schedule lag
+        self.tool_sent_at: float | None = None  # --tool-calls: when this turn's tool.result went out
 
     # ------------------------------------------------------------------ events
 
@@ -141,10 +142,22 @@ class LoadSession:
         elif kind == "heartbeat":
             counts["heartbeats"] += 1
         elif kind == "response.started":
-            if self.message_id is not None and ev.get("in_reply_to") == self.message_id:
+            continues = ev.get("continues")
+            if continues is not None and continues == self.response_id:  # after the tool's result
+                self.response_id = ev["response_id"]
+                if self.tool_sent_at is not None:
+                    st.observe("tool_round_trip", mono - self.ctx.t0, (mono - self.tool_sent_at) * 1000)
+                    self.tool_sent_at = None
+            elif self.message_id is not None and ev.get("in_reply_to") == self.message_id:
                 self.response_id = ev["response_id"]
                 if self.drop_at == 0:
                     self._drop()
+        elif kind == "response.tool_call":
+            if ev.get("response_id") == self.response_id and self.proto is not None:
+                counts["tool_calls"] += 1
+                self.tool_sent_at = time.perf_counter()
+                answer = {"type": "tool.result", "call_id": ev["call_id"], "output": TOOL_OUTPUT}
+                self.proto.send_text(json.dumps(answer))
         elif kind == "message.accepted":
             if ev.get("client_msg_id") == self.cid:
                 self.accepted = True
@@ -220,6 +233,8 @@ class LoadSession:
         counts = st.counts
         reason = ev.get("finish_reason", "?")
         counts[f"finish:{reason}"] += 1
+        if reason == "tool_calls":  # the turn goes on in the continuation, once the result is in
+            return
         usage = ev.get("usage") or {}
         expected = usage.get("output_tokens")
         received = self.tokens + self.token_base
@@ -420,7 +435,11 @@ class LoadSession:
         if cfg.chaos and self.rng.random() < cfg.chaos:
             self.drop_at = cfg.chaos_at if cfg.chaos_at is not None else self.rng.randrange(cfg.reply_tokens)
         self._done = done = loop.create_future()
-        message = json.dumps({"type": "message.send", "client_msg_id": self.cid, "content": self._content()})
+        send: dict[str, Any] = {"type": "message.send", "client_msg_id": self.cid, "content": self._content()}
+        if cfg.tool_calls:
+            send.update(tools=[TOOL], tool_choice="required")
+        message = json.dumps(send)
+        self.tool_sent_at = None
         self.sent_at = time.perf_counter()
         if self.ctx.first_send is None:
             self.ctx.first_send = self.sent_at

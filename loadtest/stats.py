@@ -146,6 +146,7 @@ METRICS = (
     "resume",  # reconnect started -> caught up with the log head at session.ready
     "connect",  # TCP connect + upgrade + hello -> session.ready
     "turn",  # message.send -> response.completed
+    "tool_round_trip",  # --tool-calls: tool.result sent -> the continuation's response.started
 )
 
 

@@ -14,7 +14,7 @@ from .messages import CLIENT_TYPES, ClientMessage, Error, ServerEvent, _Server
 _client_adapter: TypeAdapter[Any] = TypeAdapter(ClientMessage)
 _server_adapter: TypeAdapter[Any] = TypeAdapter(ServerEvent)
 
-_REF_FIELDS = ("type", "client_msg_id", "response_id", "nonce")
+_REF_FIELDS = ("type", "client_msg_id", "response_id", "call_id", "nonce")
 
 
 def _ref_of(text: str | bytes) -> dict[str, Any] | None:

@@ -19,6 +19,7 @@ a client can decide what to do from the code alone::
      +-- UpstreamTimeout              upstream_timeout      (retryable)
      +-- PolicyRefusal                policy_refusal
      +-- SchemaValidationFailed       schema_validation_failed
+     +-- ToolTimeout                  tool_timeout
      +-- Overloaded                   overloaded            (retryable)
      +-- InternalError                internal
 """
@@ -47,6 +48,8 @@ class ErrorCode(StrEnum):
     UPSTREAM_TIMEOUT = "upstream_timeout"
     POLICY_REFUSAL = "policy_refusal"
     SCHEMA_VALIDATION_FAILED = "schema_validation_failed"
+    #: a response waited for tool results (or approvals) longer than PARLEY_TOOL_RESULT_TIMEOUT_MS
+    TOOL_TIMEOUT = "tool_timeout"
     OVERLOADED = "overloaded"
     INTERNAL = "internal"
 
@@ -193,6 +196,11 @@ class SchemaValidationFailed(ParleyError):
     default_message = "the output did not match the requested schema"
 
 
+class ToolTimeout(ParleyError):
+    code = ErrorCode.TOOL_TIMEOUT
+    default_message = "the tool results did not arrive in time"
+
+
 class Overloaded(ParleyError):
     code = ErrorCode.OVERLOADED
     default_message = "server overloaded"
@@ -220,6 +228,7 @@ ERROR_CLASSES: dict[ErrorCode, type[ParleyError]] = {
         UpstreamTimeout,
         PolicyRefusal,
         SchemaValidationFailed,
+        ToolTimeout,
         Overloaded,
         InternalError,
     )

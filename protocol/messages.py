@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import ErrorCode
 from .schema_budget import check_schema
+from .tools import ToolChoice, ToolList
 
 #: The only protocol version this package speaks, in hello and as the subprotocol.
 PROTOCOL_VERSION = "parley.v1"
@@ -96,6 +97,8 @@ class Hello(ClientModel):
     resume_token: Id | None = None
     last_seq: Seq | None = None
     metadata: dict[str, Scalar] = Field(default_factory=dict, max_length=32)
+    #: client tools this connection can run, for every turn it sends (``protocol/tools.py``)
+    tools: ToolList | None = None
 
 
 class JsonSchemaFormat(_Client):
@@ -129,6 +132,26 @@ class MessageSend(ClientModel):
     response_format: ResponseFormat | None = None
     profile: Id | None = None
     metadata: dict[str, Scalar] = Field(default_factory=dict, max_length=32)
+    #: client tools for this turn only, besides ``hello.tools`` and the profile's server tools
+    tools: ToolList | None = None
+    tool_choice: ToolChoice | None = None
+
+
+class ToolResult(ClientModel):
+    """The client's answer to one ``response.tool_call`` (a denial is ``is_error: true``)."""
+
+    type: Literal["tool.result"]
+    call_id: Id
+    output: Any  # a string or any JSON value; the frame size bounds it
+    is_error: bool = False
+
+
+class ToolApprove(ClientModel):
+    """The person's decision on a server tool call that asked for approval (``tool.approval_requested``)."""
+
+    type: Literal["tool.approve"]
+    call_id: Id
+    approved: bool
 
 
 class ResponseCancel(ClientModel):
@@ -163,6 +186,7 @@ class Ping(ClientModel):
 class Usage(_Server):
     input_tokens: int = 0
     output_tokens: int = 0
+    reasoning_tokens: int | None = None  # part of output_tokens, when the model reports it
 
 
 class ErrorInfo(_Server):
@@ -187,13 +211,31 @@ class SessionReady(ServerModel):
     last_seq: int
 
 
-class Turn(_Server):
-    """One finished or in-flight turn of the conversation, as a snapshot shows it."""
+class TurnToolCall(_Server):
+    """A call an assistant turn made (``response.tool_call`` as history keeps it)."""
 
-    role: Literal["user", "assistant"]
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+    server: bool = False
+
+
+class Turn(_Server):
+    """One finished or in-flight turn of the conversation, as a snapshot shows it.
+
+    An assistant turn that called tools lists them in ``tool_calls``; each result is a
+    ``tool`` turn (``id`` = ``call_id``; ``content`` the output as text, ``output`` as sent).
+    """
+
+    role: Literal["user", "assistant", "tool"]
     id: str
     content: str
     finish_reason: str | None = None
+    tool_calls: list[TurnToolCall] | None = None
+    response_id: str | None = None  # tool turns: the response whose call this answers
+    name: str | None = None  # tool turns: the tool's name
+    output: Any = None  # tool turns: the output as the client (or server tool) gave it
+    is_error: bool | None = None  # tool turns
 
 
 class SessionSnapshot(ServerModel):
@@ -230,6 +272,7 @@ class ResponseStarted(ServerModel):
     in_reply_to: str
     profile: str
     trace_id: str
+    continues: str | None = None  # the response whose tool results this one continues from
 
 
 class ResponseDelta(ServerModel):
@@ -240,7 +283,70 @@ class ResponseDelta(ServerModel):
     ts: float | None = None  # append time, epoch ms (only with PARLEY_EVENT_TIMESTAMPS): delivery latency
 
 
-FinishReason = Literal["stop", "length", "cancelled", "interrupted", "content_filter", "error"]
+class ResponseReasoningDelta(ServerModel):
+    """The model's reasoning, streamed only when the profile says ``reasoning = "stream"``."""
+
+    logged: ClassVar[bool] = True
+    type: Literal["response.reasoning.delta"] = "response.reasoning.delta"
+    response_id: str
+    text: str
+
+
+class ResponseToolCallDelta(ServerModel):
+    """A piece of a call's arguments (JSON text, cut anywhere) while the model writes it."""
+
+    logged: ClassVar[bool] = True
+    type: Literal["response.tool_call.delta"] = "response.tool_call.delta"
+    response_id: str
+    call_id: str
+    name: str
+    arguments_delta: str
+
+
+class ResponseToolCall(ServerModel):
+    """A complete call, its arguments valid against the tool's schema; ``server``: Parley runs it."""
+
+    logged: ClassVar[bool] = True
+    type: Literal["response.tool_call"] = "response.tool_call"
+    response_id: str
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+    server: bool = False
+
+
+class ToolApprovalRequested(ServerModel):
+    """A server tool call that runs only after the client's ``tool.approve``."""
+
+    logged: ClassVar[bool] = True
+    type: Literal["tool.approval_requested"] = "tool.approval_requested"
+    response_id: str
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+class ToolResultAccepted(ServerModel):
+    """A call's result, logged exactly once per ``call_id`` (client and server tools alike)."""
+
+    logged: ClassVar[bool] = True
+    type: Literal["tool.result.accepted"] = "tool.result.accepted"
+    response_id: str
+    call_id: str
+    output: Any = None
+    is_error: bool = False
+
+
+class ToolResultDuplicate(ServerModel):
+    """Ephemeral: this ``call_id``'s result was already accepted at ``accepted_seq``; nothing changed."""
+
+    type: Literal["tool.result.duplicate"] = "tool.result.duplicate"
+    call_id: str
+    response_id: str
+    accepted_seq: int
+
+
+FinishReason = Literal["stop", "length", "cancelled", "interrupted", "content_filter", "error", "tool_calls"]
 
 
 class ResponseCompleted(ServerModel):

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,12 +29,32 @@ from parley.protocol.errors import (
     SchemaValidationFailed,
     UpstreamUnavailable,
 )
-from parley.protocol.messages import ErrorInfo, ResponseCompleted, Usage
+from parley.protocol.messages import (
+    ErrorInfo,
+    ResponseCompleted,
+    ResponseReasoningDelta,
+    ResponseStarted,
+    ResponseToolCallDelta,
+    ToolResultAccepted,
+    Usage,
+)
 from parley.sessions import DeltaWrite, SessionStore
+from parley.sessions.store import CallsOutcome, Continuation, ToolRun
 
-from .providers.base import Finish, ModelProvider, ModelRequest, TextDelta, UsageReport
+from .providers.base import (
+    Finish,
+    ModelProvider,
+    ModelRequest,
+    ReasoningDelta,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    UsageReport,
+)
 from .schema_check import OutputValidator
 from .settings import Settings
+from .tool_turns import MadeCall, TurnContext, assistant_turn, call_id_for, tool_turn
+from .tools import ServerTools, ToolContext, run_tool
 
 log = logging.getLogger("parley.generation")
 
@@ -69,6 +91,12 @@ class Generation:
     flushed: asyncio.Event = field(default_factory=asyncio.Event)
     started: float = field(default_factory=time.monotonic)
     first_token: float | None = None
+    # tool calls (issue 17)
+    turn: TurnContext | None = None  # set when the turn may call tools or continue from results
+    runs: list[ToolRun] = field(default_factory=list)  # server calls to run before the model
+    rebuild: Callable[[list[dict[str, Any]]], ModelRequest] | None = None  # the request, given new tool turns
+    calls: list[MadeCall] = field(default_factory=list)  # complete, validated calls, in order
+    call_ids: dict[str, str] = field(default_factory=dict)  # the provider's call id -> ours
 
     def request_cancel(self) -> None:
         """Stop reading the model; the runner then logs ``finish_reason: cancelled``.
@@ -88,8 +116,19 @@ class Generation:
         self.request_cancel()
 
 
+#: What a pending piece of a generation's output is: its text (None), its reasoning, or a call's
+#: arguments ((call_id, name)). Adjacent pieces of one kind are coalesced into one event.
+PieceKind = str | tuple[str, str] | None
+REASONING = "reasoning"
+
+
 class DeltaWriter:
-    """Batches pending text of all local generations into one store write per tick."""
+    """Batches pending text of all local generations into one store write per tick.
+
+    Besides text, a generation's reasoning (when its profile streams it) and its tool calls'
+    argument pieces are coalesced the same way: per generation, pieces are kept in order and
+    adjacent ones of one kind become one event; only text is kept as the partial reply.
+    """
 
     def __init__(
         self,
@@ -108,7 +147,7 @@ class DeltaWriter:
         # gathering, and a window once opened kept itself open at any load above busy_writes/window.
         self._piled = 0
         self.timestamps = timestamps
-        self._pending: dict[Generation, list[str]] = {}
+        self._pending: dict[Generation, list[tuple[PieceKind, list[str]]]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.frames = 0  # delta events written (for benchmarks and metrics)
@@ -122,14 +161,16 @@ class DeltaWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def add(self, gen: Generation, text: str) -> None:
-        parts = self._pending.get(gen)
-        if parts is None:
-            self._pending[gen] = [text]
+    def add(self, gen: Generation, text: str, kind: PieceKind = None) -> None:
+        pieces = self._pending.get(gen)
+        if pieces is None:
+            self._pending[gen] = [(kind, [text])]
             gen.flushed.clear()
             self._wake.set()
+        elif pieces[-1][0] == kind:
+            pieces[-1][1].append(text)
         else:
-            parts.append(text)
+            pieces.append((kind, [text]))
 
     def discard(self, gen: Generation) -> None:
         """Drop text not yet written (after a cancel nothing more may be logged)."""
@@ -145,25 +186,23 @@ class DeltaWriter:
             batch, self._pending = self._pending, {}
             if not batch:
                 continue
-            gens = list(batch)
-            texts = ["".join(batch[g]) for g in gens]
             ts = round(time.time() * 1000, 3) if self.timestamps else None
-            writes = [
-                DeltaWrite(
-                    g.session_id,
-                    g.response_id,
-                    t,
-                    encode_delta(g.response_id, t, ts),
-                )
-                for g, t in zip(gens, texts, strict=True)
-            ]
+            gens: list[Generation] = []
+            texts: list[str] = []
+            writes: list[DeltaWrite] = []
+            for g, pieces in batch.items():
+                for kind, parts in pieces:
+                    t = "".join(parts)
+                    gens.append(g)
+                    texts.append(t if kind is None else "")
+                    writes.append(_write(g, kind, t, ts))
             try:
                 results = await self.store.append_deltas(writes)
             except ParleyError:  # the store is unreachable: its tracker logs the outage once (outage.py)
                 log.debug("delta write failed; retrying", exc_info=True)
                 self.store.health.write_retried(len(writes))
-                for g, t in zip(gens, texts, strict=True):  # put back, ahead of newer text
-                    self._pending[g] = [t, *self._pending.get(g, [])]
+                for g, pieces in batch.items():  # put back, ahead of newer text
+                    self._pending[g] = [*pieces, *self._pending.get(g, [])]
                 await asyncio.sleep(WRITE_RETRY_S)
                 self._wake.set()
                 continue
@@ -182,6 +221,18 @@ class DeltaWriter:
                 self._wake.set()
 
 
+def _write(gen: Generation, kind: PieceKind, text: str, ts: float | None) -> DeltaWrite:
+    """One coalesced piece as the event the store appends (only text joins the partial reply)."""
+    rid = gen.response_id
+    if kind is None:
+        return DeltaWrite(gen.session_id, rid, text, encode_delta(rid, text, ts))
+    if kind == REASONING:
+        return DeltaWrite(gen.session_id, rid, "", encode(ResponseReasoningDelta(response_id=rid, text=text)))
+    call_id, name = kind
+    event = ResponseToolCallDelta(response_id=rid, call_id=call_id, name=name, arguments_delta=text)
+    return DeltaWrite(gen.session_id, rid, "", encode(event))
+
+
 class Generations:
     """This process's running generations: start, cancel, lease renewal, crash recovery."""
 
@@ -198,7 +249,11 @@ class Generations:
         self.running: dict[tuple[str, str], Generation] = {}
         self.validator = OutputValidator()
         self._loops: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[Any]] = set()
         self.on_finish: list[Callable[[Generation, str], None]] = []
+        # tool calls: the profiles' server tools, and who starts a continuation (the service)
+        self.server_tools = ServerTools({})
+        self.on_continue: Callable[[str, CallsOutcome], None] | None = None
         # responses being accepted here but not launched yet, and cancels that arrived meanwhile
         self._expected: dict[tuple[str, str], bool] = {}
         store.on_cancel(self._on_cancel)
@@ -226,6 +281,13 @@ class Generations:
         await self.writer.stop()
         await self.validator.aclose()
 
+    def spawn(self, coro: Any) -> None:
+        """Run a store write in the background (kept referenced until it ends)."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # (the reaper repairs a failure)
+
     def expect(self, session_id: str, response_id: str) -> None:
         """Announce a response about to be accepted, so a cancel racing its launch is not lost."""
         self._expected[(session_id, response_id)] = False
@@ -234,9 +296,19 @@ class Generations:
         self._expected.pop((session_id, response_id), None)
 
     def launch(
-        self, session_id: str, response_id: str, request: ModelRequest, provider: ModelProvider
+        self,
+        session_id: str,
+        response_id: str,
+        request: ModelRequest,
+        provider: ModelProvider,
+        *,
+        turn: TurnContext | None = None,
+        runs: list[ToolRun] | None = None,
+        rebuild: Callable[[list[dict[str, Any]]], ModelRequest] | None = None,
     ) -> None:
-        gen = Generation(session_id, response_id, request, provider)
+        gen = Generation(
+            session_id, response_id, request, provider, turn=turn, runs=runs or [], rebuild=rebuild
+        )
         gen.flushed.set()
         # a cancel that arrived before the launch: _run ends it as cancelled before calling the model
         gen.cancel_requested = self._expected.pop((session_id, response_id), False)
@@ -260,6 +332,9 @@ class Generations:
                 gen.streaming = True
                 if gen.cancel_requested:  # asked before the model was even called
                     raise asyncio.CancelledError
+                if gen.runs:
+                    await self._run_server_tools(gen)
+                stream_reasoning = gen.request.profile.reasoning == "stream"
                 async for ev in gen.provider.stream(gen.request):
                     if isinstance(ev, TextDelta):
                         if not ev.text:
@@ -269,6 +344,15 @@ class Generations:
                         gen.text_parts.append(ev.text)
                         gen.output_tokens += 1
                         self.writer.add(gen, ev.text)
+                    elif isinstance(ev, ReasoningDelta):
+                        if stream_reasoning and ev.text:  # hidden or not, it proved the model alive
+                            self.writer.add(gen, ev.text, REASONING)
+                    elif isinstance(ev, ToolCallDelta):
+                        call_id = self._call_id(gen, ev.call_id)
+                        if ev.arguments_delta:
+                            self.writer.add(gen, ev.arguments_delta, (call_id, ev.name))
+                    elif isinstance(ev, ToolCall):
+                        gen.calls.append(await self._checked_call(gen, ev))
                     elif isinstance(ev, UsageReport):
                         gen.usage = ev
                     elif isinstance(ev, Finish):
@@ -293,6 +377,12 @@ class Generations:
             gen.streaming = False
             if gen.abandoned:
                 return
+            if finish_reason == "tool_calls" and gen.calls and error is None:
+                if await self._end_with_calls(gen):
+                    return
+                finish_reason = "cancelled"  # a cancel came first: the calls are not made
+            elif finish_reason == "tool_calls":
+                finish_reason = "stop"  # (a provider's promise broken: no complete call)
             completed = await self._completed(gen, finish_reason, error)
             await self._finish(gen, completed)
         finally:
@@ -327,7 +417,11 @@ class Generations:
             response_id=gen.response_id,
             finish_reason=finish_reason,  # type: ignore[arg-type]
             output=output,
-            usage=Usage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens),
+            usage=Usage(
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                reasoning_tokens=usage.reasoning_tokens,
+            ),
             ttft_ms=None if gen.first_token is None else round((gen.first_token - gen.started) * 1000),
             latency_ms=round((end - gen.started) * 1000),
             error=None
@@ -359,6 +453,157 @@ class Generations:
         for cb in self.on_finish:
             cb(gen, completed.finish_reason)
 
+    # ------------------------------------------------------------ tool calls (issue 17)
+
+    @staticmethod
+    def _call_id(gen: Generation, provider_id: str) -> str:
+        """Our id for a call the provider names ``provider_id`` (unique in one response only)."""
+        ours = gen.call_ids.get(provider_id)
+        if ours is None:
+            ours = gen.call_ids[provider_id] = call_id_for(gen.response_id, len(gen.call_ids))
+        return ours
+
+    async def _checked_call(self, gen: Generation, call: ToolCall) -> MadeCall:
+        """A complete call under its session-unique id, its arguments checked against the tool's schema
+        (``SchemaValidationFailed`` ends the response; the call is never logged)."""
+        spec = next((t for t in gen.request.tools if t.name == call.name), None)
+        if spec is None:  # providers refuse undeclared names already; this keeps the promise here too
+            raise SchemaValidationFailed(f"the model called tool {call.name!r}, which is not declared")
+        try:
+            await self.validator.parse_and_validate(json.dumps(call.arguments), spec.parameters)
+        except SchemaValidationFailed as exc:
+            raise SchemaValidationFailed(
+                f"the model's arguments for tool {call.name!r} do not match its schema: {exc.message}"
+            ) from None
+        call_id = self._call_id(gen, call.call_id)
+        server = self.server_tools.get(gen.request.profile.name, call.name)
+        kind = "client" if server is None else "approval" if server.requires_approval else "server"
+        return MadeCall(ToolCall(call_id, call.name, call.arguments), kind)  # type: ignore[arg-type]
+
+    async def _end_with_calls(self, gen: Generation) -> bool:
+        """Log the calls and end the response with ``tool_calls``: the session waits (no lease, no
+        task), or, when only server tools were called, the continuation starts here at once.
+        False: a cancel was asked first (the caller ends it as cancelled)."""
+        assert gen.turn is not None, "a response that may call tools has a turn context"
+        completed = await self._completed(gen, "tool_calls", None)
+        ctx = gen.turn.next_round()
+        next_id = f"r_{uuid.uuid4().hex}"
+        started = ResponseStarted(
+            response_id=next_id,
+            in_reply_to=ctx.message_id,
+            profile=gen.request.profile.label,
+            trace_id=ctx.trace_id,
+            continues=gen.response_id,
+        )
+        bodies = [b for m in gen.calls for b in m.bodies(gen.response_id)]
+        deadline = time.monotonic() + FINISH_RETRY_S
+        while True:
+            now = now_ms()
+            try:
+                out = await self.store.end_with_calls(
+                    gen.session_id,
+                    gen.response_id,
+                    call_bodies=bodies,
+                    calls=[m.record(gen.response_id) for m in gen.calls],
+                    turn=assistant_turn(gen.response_id, gen.calls),
+                    body=encode(completed),
+                    continuation=Continuation(next_id, encode(started), ctx.to_json()),
+                    now_ms=now,
+                    lease_ms=self.settings.lease_ms,
+                    wait_deadline_ms=now + self.settings.tool_result_timeout_ms,
+                )
+                break
+            except ParleyError:
+                if time.monotonic() > deadline:
+                    self.store.health.write_dropped()
+                    return True  # the lease lapses; the reaper logs it as interrupted
+                self.store.health.write_retried()
+                await asyncio.sleep(WRITE_RETRY_S * 5)
+        if out.status == "cancel":
+            return False
+        if out.status == "gone":
+            return True
+        for cb in self.on_finish:
+            cb(gen, "tool_calls")
+        if out.status == "continue" and self.on_continue is not None:
+            self.on_continue(gen.session_id, out)
+        return True
+
+    async def _run_server_tools(self, gen: Generation) -> None:
+        """Run the server calls a continuation starts with, each at most once (``start_run`` marks it
+        before it runs), and log each result like a client's; then rebuild the request with them."""
+        assert gen.turn is not None
+        turns: list[dict[str, Any]] = []
+        timeout_s = self.settings.tool_run_timeout_ms / 1000
+        for run in gen.runs:
+            spec = json.loads(run.spec)
+            state = await self.store.start_run(gen.session_id, gen.response_id, run.call_id)
+            if state == "cancel":
+                gen.cancel_requested = True
+                raise asyncio.CancelledError
+            if state == "gone":
+                gen.abandon()
+                raise asyncio.CancelledError
+            if state == "done":
+                continue  # started before (never twice): its history reads "no result"
+            tool = self.server_tools.get(gen.turn.profile, spec["name"])
+            ctx = ToolContext(
+                gen.session_id,
+                spec.get("response_id", ""),
+                run.call_id,
+                trace_id=gen.turn.trace_id,
+                tenant=gen.turn.tenant,
+                metadata=dict(gen.turn.metadata),
+            )
+            if tool is None:  # the profile lost the tool across a restart
+                output: Any = f"tool {spec['name']} is not available"
+                is_error = True
+            else:
+                result = await run_tool(tool, spec["arguments"], ctx, timeout_s)
+                output, is_error = result.output, result.is_error
+            body = encode(
+                ToolResultAccepted(response_id="", call_id=run.call_id, output=output, is_error=is_error)
+            )
+            turn = tool_turn(run.call_id, output, is_error)
+            out = await self.store.answer_call(
+                gen.session_id,
+                run.call_id,
+                mode="server",
+                body=body,
+                turn=turn,
+                now_ms=now_ms(),
+                lease_ms=self.settings.lease_ms,
+                runner=gen.response_id,
+            )
+            if out.status == "cancel":
+                gen.cancel_requested = True
+                raise asyncio.CancelledError
+            if out.status == "gone":
+                gen.abandon()
+                raise asyncio.CancelledError
+            turns.append(json.loads(turn) | {"response_id": out.response_id})
+        if gen.rebuild is not None:
+            gen.request = gen.rebuild(turns)
+
+    async def reap_waits_once(self) -> int:
+        """End waits for tool results that passed ``PARLEY_TOOL_RESULT_TIMEOUT_MS`` with tool_timeout."""
+        now = now_ms()
+        ended: list[str] = []
+        body = encode(tool_timeout_event(self.settings.tool_result_timeout_ms))
+        for session_id, response_id in await self.store.expired_waits(now):
+            entries = await self.store.end_wait(
+                session_id, response_id, body=body, finish_reason="error", expired_before=now
+            )
+            if entries is not None:
+                ended.append(response_id)
+        if ended:
+            log.info(
+                "ended %d wait(s) for tool results: no results in time",
+                len(ended),
+                extra={"fields": {"response_ids": ended[:10]}},
+            )
+        return len(ended)
+
     async def _renew_loop(self) -> None:
         period = self.settings.lease_renew_ms / 1000
         while True:
@@ -381,6 +626,8 @@ class Generations:
             await asyncio.sleep(period)
             with contextlib.suppress(ParleyError):
                 await self.reap_once()
+            with contextlib.suppress(ParleyError):
+                await self.reap_waits_once()
 
     async def reap_once(self) -> int:
         """End generations whose lease expired (their process died) as ``interrupted``."""
@@ -415,3 +662,22 @@ def interrupted_event(response_id: str) -> ResponseCompleted:
             retryable=True,
         ),
     )
+
+
+def tool_timeout_event(timeout_ms: int) -> ResponseCompleted:
+    """The end of a continuation whose tool results did not arrive in time (``"response_id":""``:
+    the store names the continuation)."""
+    return ResponseCompleted(
+        response_id="",
+        finish_reason="error",
+        error=ErrorInfo(
+            code=ErrorCode.TOOL_TIMEOUT,
+            message=f"no tool results within {timeout_ms / 1000:g} s; the calls are closed",
+            retryable=False,
+        ),
+    )
+
+
+def cancelled_wait_event() -> ResponseCompleted:
+    """The end of a continuation whose wait for tool results was cancelled (the store names it)."""
+    return ResponseCompleted(response_id="", finish_reason="cancelled")

@@ -19,26 +19,33 @@ model churn stays behind the service boundary. Profiles come from a TOML file
     max_tokens = 512
 
 Context rule (``trim_context``): the system messages and the newest turn (the last
-user message and everything after it) are always kept; older turns (a user message
-with the replies that follow it) are dropped oldest first, whole, until the
+user message and everything after it: replies, tool calls, tool results) are always
+kept; older turns (a user message with the replies that follow it) are dropped oldest
+first, whole, until the
 whitespace-token count of what is kept fits the budget. A turn is never split, and
-the kept turns are always the newest, contiguous ones. If the system prompt and the
-newest turn alone exceed the budget they are still sent as they are.
+the kept turns are always the newest, contiguous ones, so a tool call and its result
+are never separated (a call's arguments count toward the budget like text). If the
+system prompt and the newest turn alone exceed the budget they are still sent as they are.
+
+History (``history_messages``) is what the store keeps, as the model reads it: a call
+always has its result right after it (a call whose wait was cancelled or timed out reads
+``Error: no result ...``), and a result whose call fell out of the store's window is dropped.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from parley.protocol.errors import InvalidMessage
 
 from .config_error import ConfigError
-from .providers.base import ChatMessage, Profile
+from .providers.base import ChatMessage, Profile, ToolCall, tool_result_message
 from .providers.registry import PROVIDERS, parse_model
 from .tools.registry import PATH_PATTERN
 
@@ -212,7 +219,7 @@ def trim_context(messages: Sequence[ChatMessage], budget_tokens: int) -> list[Ch
         return list(messages)
 
     def cost(indices: list[int]) -> int:
-        return sum(count_tokens(messages[i].content) for i in indices)
+        return sum(message_tokens(messages[i]) for i in indices)
 
     keep = set(pinned) | set(turns[-1])
     used = cost(pinned) + cost(turns[-1])
@@ -223,6 +230,49 @@ def trim_context(messages: Sequence[ChatMessage], budget_tokens: int) -> list[Ch
         keep.update(turn)
         used += turn_cost
     return [m for i, m in enumerate(messages) if i in keep]
+
+
+def message_tokens(message: ChatMessage) -> int:
+    """A message's budget cost: its text and its calls' arguments."""
+    calls = sum(count_tokens(json.dumps(c.arguments)) + 1 for c in message.tool_calls)
+    return count_tokens(message.content) + calls
+
+
+#: What the model reads for a call that never got a result.
+NO_RESULT = "no result: the call was cancelled or timed out"
+
+
+def history_messages(turns: Iterable[dict[str, Any]]) -> list[ChatMessage]:
+    """The store's history turns as model messages (see the module docstring for the tool rules)."""
+    out: list[ChatMessage] = []
+    known: set[str] = set()  # calls of the history kept
+    open_calls: list[str] = []  # calls of the last assistant turn still without a result
+
+    def close_calls() -> None:
+        out.extend(tool_result_message(cid, NO_RESULT, is_error=True) for cid in open_calls)
+        open_calls.clear()
+
+    for t in turns:
+        role = t.get("role")
+        if role == "tool":
+            cid = t.get("id")
+            if cid in open_calls:
+                open_calls.remove(cid)
+                out.append(
+                    tool_result_message(cid, t.get("output", t.get("content", "")), bool(t.get("is_error")))
+                )
+            continue
+        close_calls()
+        calls = t.get("tool_calls")
+        if role == "assistant" and calls:
+            made = tuple(ToolCall(c["call_id"], c["name"], dict(c.get("arguments") or {})) for c in calls)
+            out.append(ChatMessage("assistant", t.get("content") or "", tool_calls=made))
+            open_calls.extend(c.call_id for c in made if c.call_id not in known)
+            known.update(c.call_id for c in made)
+        elif t.get("content") and role in ("user", "assistant", "system"):
+            out.append(ChatMessage(role, t["content"]))
+    close_calls()
+    return out
 
 
 def build_context(profile: Profile, history: Sequence[ChatMessage]) -> list[ChatMessage]:

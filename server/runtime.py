@@ -33,6 +33,7 @@ from .providers.registry import build_provider
 from .ratelimit import open_limiter
 from .service import ModelCatalog, SessionService
 from .settings import Settings
+from .tools import ServerTools
 
 log = logging.getLogger("parley")
 
@@ -74,7 +75,8 @@ class Runtime:
         self.store: SessionStore = MeteredStore(store, self.metrics) if self.store_url.shared else store
         self.generations = Generations(self.store, settings)
         self.catalog = build_catalog(settings, self.metrics)
-        self.service = SessionService(self.store, self.generations, self.catalog, settings)
+        self.server_tools = ServerTools.load(self.catalog.profiles.values())  # a bad path: ConfigError
+        self.service = SessionService(self.store, self.generations, self.catalog, settings, self.server_tools)
         self.meter = TokenMeter(self.store, self.limiter)
         self.admission = Admission(self.service, settings, self.metrics, self.auth, self.limiter)
         self.handlers = Handlers(self.service, self.metrics, self.limiter, self.meter)

@@ -14,14 +14,40 @@ from dataclasses import dataclass
 from typing import Any
 
 from parley.protocol import encode
-from parley.protocol.errors import Busy, InvalidMessage, PayloadTooLarge, SessionNotFound
-from parley.protocol.messages import FeedbackRecorded, MessageAccepted, MessageDuplicate, ResponseStarted
+from parley.protocol.errors import (
+    Busy,
+    InternalError,
+    InvalidMessage,
+    ParleyError,
+    PayloadTooLarge,
+    SessionNotFound,
+)
+from parley.protocol.messages import (
+    ErrorInfo,
+    FeedbackRecorded,
+    MessageAccepted,
+    MessageDuplicate,
+    ResponseCompleted,
+    ResponseStarted,
+    ToolResultAccepted,
+    ToolResultDuplicate,
+)
+from parley.protocol.tools import (
+    InvalidToolDeclaration,
+    ToolChoice,
+    ToolSpec,
+    check_tool_choice,
+    combine_tools,
+)
 from parley.sessions import AcceptResult, SessionStore
+from parley.sessions.store import CallsOutcome
 
-from .generation import Generations, interrupted_event, now_ms
-from .profiles import ProfileSet, build_context
+from .generation import Generations, cancelled_wait_event, interrupted_event, now_ms
+from .profiles import ProfileSet, build_context, history_messages
 from .providers.base import ChatMessage, ModelProvider, ModelRequest, Profile
 from .settings import Settings
+from .tool_turns import DENIED_OUTPUT, TurnContext, choice_json, tool_turn
+from .tools import ServerTools
 
 #: Shortest busy ``retry_after_ms``: a lease about to lapse still takes a round trip to be ended.
 BUSY_RETRY_MIN_MS = 100
@@ -65,18 +91,27 @@ class ModelCatalog:
 
 
 def build_messages(profile: Profile, turns: list[dict[str, Any]]) -> list[ChatMessage]:
-    """The conversation as the model sees it: finished turns (with partial replies), trimmed to budget."""
-    return build_context(profile, [ChatMessage(t["role"], t["content"]) for t in turns if t.get("content")])
+    """The conversation as the model sees it: finished turns (with partial replies, tool calls and
+    their results), trimmed to budget."""
+    return build_context(profile, history_messages(turns))
 
 
 class SessionService:
     def __init__(
-        self, store: SessionStore, generations: Generations, catalog: ModelCatalog, settings: Settings
+        self,
+        store: SessionStore,
+        generations: Generations,
+        catalog: ModelCatalog,
+        settings: Settings,
+        server_tools: ServerTools | None = None,
     ):
         self.store = store
         self.generations = generations
         self.catalog = catalog
         self.settings = settings
+        self.server_tools = server_tools or ServerTools({})
+        generations.server_tools = self.server_tools
+        generations.on_continue = self._continue
 
     async def open(self, who: Principal) -> OpenedSession:
         session_id = new_id("s")
@@ -107,14 +142,30 @@ class SessionService:
         profile: str | None,
         response_format: dict[str, Any] | None,
         trace_id: str,
+        tools: tuple[ToolSpec, ...] = (),
+        turn_tools: tuple[ToolSpec, ...] = (),
+        tool_choice: ToolChoice | None = None,
+        tenant: str | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> MessageDuplicate | None:
-        """Log the user turn and start its response; a repeated ``client_msg_id`` starts nothing."""
+        """Log the user turn and start its response; a repeated ``client_msg_id`` starts nothing.
+
+        ``tools`` are the connection's (``hello.tools``), ``turn_tools`` this message's; the
+        profile's server tools come first. While a response waits for tool results the session
+        is busy (answer or cancel that response first).
+        """
+        ref = {"type": "message.send", "client_msg_id": client_msg_id}
         if len(msg_content) > self.settings.max_message_chars:
             raise PayloadTooLarge(
                 f"message longer than {self.settings.max_message_chars} characters",
-                ref={"type": "message.send", "client_msg_id": client_msg_id},
+                ref=ref,
             )
         prof, provider = self.catalog.resolve(profile)
+        try:
+            toolbox = combine_tools(self.server_tools.specs(prof.name), tools, turn_tools)
+            check_tool_choice(tool_choice, toolbox)
+        except InvalidToolDeclaration as exc:
+            raise InvalidMessage(str(exc), ref=ref) from None
         message_id, response_id = new_id("m"), new_id("r")
         accepted = encode(
             MessageAccepted(client_msg_id=client_msg_id, message_id=message_id, content=msg_content)
@@ -125,7 +176,6 @@ class SessionService:
             )
         )
         self.generations.expect(session_id, response_id)
-        ref = {"type": "message.send", "client_msg_id": client_msg_id}
         try:
             result = await self._accept(
                 session_id, client_msg_id, message_id, response_id, msg_content, accepted, started
@@ -139,6 +189,13 @@ class SessionService:
                     response_id=result.response_id,
                     accepted_seq=result.duplicate_seq,
                 )
+            if result.status == "waiting":
+                raise Busy(
+                    f"response {result.response_id} is waiting for tool results: answer its calls "
+                    "(tool.result, tool.approve) or cancel it (response.cancel)",
+                    retry_after_ms=self._busy_for(result),
+                    ref=ref,
+                )
             if result.status != "accepted":
                 raise Busy(retry_after_ms=self._busy_for(result), ref=ref)
         except SessionNotFound as exc:  # expired, or lost by the store: like any unknown session
@@ -148,14 +205,125 @@ class SessionService:
         except BaseException:
             self.generations.forget(session_id, response_id)
             raise
+        turn = TurnContext(
+            message_id=message_id,
+            profile=prof.name,
+            trace_id=trace_id,
+            tools=[t.model_dump() for t in (*tools, *turn_tools)],
+            tool_choice=choice_json(tool_choice),
+            response_format=response_format,
+            tenant=tenant,
+            metadata=dict(metadata or {}),
+        )
         request = ModelRequest(
             messages=build_messages(prof, result.history),
             profile=prof,
             trace_id=trace_id,
             response_format=response_format,
+            tools=toolbox,
+            tool_choice=tool_choice,
         )
-        self.generations.launch(session_id, response_id, request, provider)
+        self.generations.launch(session_id, response_id, request, provider, turn=turn)
         return None
+
+    # ------------------------------------------------------------ tool calls (issue 17)
+
+    def _continue(self, session_id: str, out: CallsOutcome) -> None:
+        """Start the continuation the store just made active (here: this instance took the last answer)."""
+        try:
+            turn = TurnContext.from_json(out.context)
+            prof, provider = self.catalog.resolve(turn.profile)
+            toolbox = combine_tools(self.server_tools.specs(prof.name), turn.client_tools())
+        except (ParleyError, InvalidToolDeclaration, ValueError, TypeError, KeyError):
+            # the profile (or a server tool) is gone after a restart with other settings: say so
+            self._end_continuation(session_id, out.response_id)
+            return
+
+        def rebuild(tool_turns: list[dict[str, Any]]) -> ModelRequest:
+            return ModelRequest(
+                messages=build_messages(prof, [*out.history, *tool_turns]),
+                profile=prof,
+                trace_id=turn.trace_id,
+                response_format=turn.response_format,
+                tools=toolbox,
+                tool_choice=turn.choice(),
+            )
+
+        self.generations.launch(
+            session_id, out.response_id, rebuild([]), provider, turn=turn, runs=out.runs, rebuild=rebuild
+        )
+
+    def _end_continuation(self, session_id: str, response_id: str) -> None:
+        """A continuation that cannot run ends at once with ``internal`` (its lease would only lapse)."""
+        body = encode(
+            ResponseCompleted(
+                response_id=response_id,
+                finish_reason="error",
+                error=ErrorInfo(
+                    code=InternalError.code,
+                    message="the turn's profile or tools are no longer configured on this server",
+                    retryable=False,
+                ),
+            )
+        )
+        self.generations.spawn(self.store.finish(session_id, response_id, body=body, finish_reason="error"))
+
+    async def tool_result(
+        self, session_id: str, call_id: str, output: Any, is_error: bool
+    ) -> ToolResultDuplicate | None:
+        """Log one client tool result; the last one of a response starts its continuation here."""
+        body = encode(ToolResultAccepted(response_id="", call_id=call_id, output=output, is_error=is_error))
+        out = await self._answer(session_id, call_id, "result", body, tool_turn(call_id, output, is_error))
+        ref = {"type": "tool.result", "call_id": call_id}
+        if out.status == "duplicate":
+            return ToolResultDuplicate(
+                call_id=call_id, response_id=out.response_id, accepted_seq=out.accepted_seq
+            )
+        if out.status == "closed":
+            raise InvalidMessage(
+                f"response {out.response_id} takes no result for this call: its wait ended (cancelled or "
+                "timed out), or it is a server tool's call",
+                ref={**ref, "response_id": out.response_id},
+            )
+        self._answered(session_id, out, ref)
+        return None
+
+    async def tool_approve(self, session_id: str, call_id: str, approved: bool) -> None:
+        """Approve (the call runs when the continuation starts) or deny (logged as its error result)."""
+        body = encode(
+            ToolResultAccepted(response_id="", call_id=call_id, output=DENIED_OUTPUT, is_error=True)
+        )
+        mode = "approve" if approved else "deny"
+        out = await self._answer(session_id, call_id, mode, body, tool_turn(call_id, DENIED_OUTPUT, True))
+        ref = {"type": "tool.approve", "call_id": call_id}
+        if out.status == "same":
+            raise InvalidMessage("this call was already decided", ref={**ref, "response_id": out.response_id})
+        if out.status in ("closed", "duplicate"):
+            raise InvalidMessage(
+                f"response {out.response_id} has no call waiting for approval with this id (not a server "
+                "tool that asks, or its wait ended)",
+                ref={**ref, "response_id": out.response_id},
+            )
+        self._answered(session_id, out, ref)
+
+    async def _answer(self, session_id: str, call_id: str, mode: str, body: str, turn: str) -> CallsOutcome:
+        return await self.store.answer_call(
+            session_id,
+            call_id,
+            mode=mode,  # type: ignore[arg-type]
+            body=body,
+            turn=turn,
+            now_ms=now_ms(),
+            lease_ms=self.settings.lease_ms,
+        )
+
+    def _answered(self, session_id: str, out: CallsOutcome, ref: dict[str, Any]) -> None:
+        if out.status == "unknown":
+            raise InvalidMessage("no such tool call in this session", ref=ref)
+        if out.status == "gone":
+            raise SessionNotFound("no such session (or it was lost)", ref=ref)
+        if out.status == "continue":
+            self._continue(session_id, out)
 
     def _busy_for(self, result: AcceptResult) -> int:
         """``retry_after_ms`` for busy: until the running response's lease lapses unless renewed.
@@ -205,11 +373,21 @@ class SessionService:
     async def cancel(self, session_id: str, response_id: str | None) -> None:
         """Ask the running response to stop; a cancel that finds nothing running is told so.
 
+        A response waiting for tool results (named, or with none named) ends at once: its
+        continuation is logged as started and completed with ``cancelled``, and its calls close.
+
         ``invalid_message`` (not retryable) with ``ref.type == "response.cancel"``: no response is
         running, or the one named has already finished (its ``response.completed`` is in the log).
         Repeating a cancel changes nothing either way (idempotent); only the answer says why.
         """
-        outcome, rid = await self.store.request_cancel(session_id, response_id)
+        for _ in range(2):  # a second look only if the wait ended (or continued) meanwhile
+            outcome, rid = await self.store.request_cancel(session_id, response_id)
+            if outcome != "waiting":
+                break
+            # a response waiting for tool results: its continuation is logged as started and cancelled
+            body = encode(cancelled_wait_event())
+            if await self.store.end_wait(session_id, rid, body=body, finish_reason="cancelled") is not None:
+                return
         ref: dict[str, Any] = {"type": "response.cancel"}
         if rid:
             ref["response_id"] = rid

@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     reaper_interval_ms: int = Field(1_000, ge=100)  # how often to look for expired leases
     drain_timeout_ms: int = Field(10_000, ge=0)  # SIGTERM: how long running responses may finish
 
+    # tool calls (docs/protocol.md "Tool calls")
+    # a response waiting for tool results (or approvals) longer than this ends with tool_timeout
+    tool_result_timeout_ms: int = Field(600_000, ge=100)
+    tool_run_timeout_ms: int = Field(30_000, ge=100)  # one server tool call; then an is_error result
+
     # store retention
     session_ttl_ms: int = Field(keys.SESSION_TTL_MS, ge=1000)
     log_max_len: int = Field(keys.LOG_MAX_LEN, ge=10)

@@ -7,6 +7,7 @@ Redis Cluster slot and one Lua script can touch them atomically.
 from __future__ import annotations
 
 import functools
+import zlib
 
 PREFIX = "parley"
 
@@ -18,8 +19,14 @@ HISTORY = "hist"  # list: JSON turns {role, id, content, finish_reason} the mode
 MSGIDS = "msgids"  # hash: client_msg_id -> "seq|message_id|response_id" (idempotency)
 RESPONSES = "resp"  # hash: response_id -> "running" or its finish_reason (validates cancel/feedback)
 FEEDBACK = "fb"  # hash: response_id -> feedback JSON (last write wins)
+#: hash, tool calls (issue 17): call_id -> "kind|state|seq" (kind c client, s server, a server after
+#: approval; state w waiting for the client, q queued to run, r run started, d done: its result is
+#: logged at seq), "<call_id>:a" -> JSON {name, arguments}, "r:<response_id>" -> its call ids.
+#: While a response waits, META also holds wait (its id), wait_left (answers missing), wait_deadline,
+#: wait_next / wait_started / wait_ctx (the continuation to start once the last answer is in).
+CALLS = "calls"
 
-SESSION_KEYS = (META, LOG, PARTIAL, HISTORY, MSGIDS, RESPONSES, FEEDBACK)
+SESSION_KEYS = (META, LOG, PARTIAL, HISTORY, MSGIDS, RESPONSES, FEEDBACK, CALLS)
 
 
 def session_key(session_id: str, kind: str) -> str:
@@ -65,6 +72,20 @@ CONTROL_CHANNEL = f"{PREFIX}:control"
 #: Global sorted set: member "<sid>\t<rid>", score = lease deadline (ms). Lets any instance find
 #: generations whose process died. Not hash-tagged: it is an index, written outside the scripts.
 LEASES = f"{PREFIX}:leases"
+
+#: Sorted sets of responses waiting for tool results: member "<sid>\t<rid>", score = when the wait
+#: times out (ms), so the reaper on any instance ends it with tool_timeout. Like the lease index it is
+#: written outside the scripts (ahead of the script that starts a wait, removed when it ends), but
+#: sharded by session: TOOL_WAIT_SHARDS keys with their own hash tags spread over a cluster's nodes.
+TOOL_WAIT_SHARDS = 8
+
+
+def tool_wait_index(session_id: str) -> str:
+    """The wait-index shard of a session (stable: crc32 of its id)."""
+    return f"{PREFIX}:{{toolwaits:{zlib.crc32(session_id.encode()) % TOOL_WAIT_SHARDS}}}"
+
+
+TOOL_WAIT_INDEXES = tuple(f"{PREFIX}:{{toolwaits:{n}}}" for n in range(TOOL_WAIT_SHARDS))
 
 #: Global sorted set: member = session_id, score = last activity (ms); lets feedback export and
 #: operators enumerate sessions without SCAN. Trimmed by score when sessions expire.

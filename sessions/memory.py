@@ -8,12 +8,13 @@ without awaiting in the middle, which on one event loop makes each atomic.
 from __future__ import annotations
 
 import functools
+import json
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from parley.protocol import with_seq
 from parley.protocol.errors import SessionNotFound
@@ -23,14 +24,19 @@ from .keys import HISTORY_MAX_TURNS, LOG_MAX_LEN, SESSION_TTL_MS
 from .outage import StoreHealth
 from .store import (
     AcceptResult,
+    CallRecord,
+    CallsOutcome,
     CancelOutcome,
+    Continuation,
     DeltaOutcome,
     DeltaWrite,
     LeaseOutcome,
     LogEntry,
     SessionRecord,
     Snapshot,
+    ToolRun,
     WebhookClaim,
+    fill_response_id,
 )
 
 
@@ -54,6 +60,26 @@ class _Session:
     lease: int = 0
     cancel: str | None = None
     partial: list[str] = field(default_factory=list)
+    calls: dict[str, _Call] = field(default_factory=dict)  # tool calls by call_id (keys.CALLS)
+    wait: _Wait | None = None  # the response waiting for tool results, if one does
+
+
+@dataclass(slots=True)
+class _Call:
+    response_id: str
+    kind: str  # "client", "server", "approval"
+    spec: str
+    state: str = "w"  # w waiting for the client, q queued to run, r run started, d done (result at seq)
+    seq: int = 0
+
+
+@dataclass(slots=True)
+class _Wait:
+    response_id: str
+    left: int
+    deadline_ms: int
+    continuation: Continuation
+    call_ids: list[str]
 
 
 class MemoryStore:
@@ -143,6 +169,10 @@ class MemoryStore:
             if s.lease > now_ms:
                 return AcceptResult("busy", response_id=s.active, lease_deadline_ms=s.lease)
             return AcceptResult("stale", response_id=s.active)
+        if s.wait is not None:
+            return AcceptResult(
+                "waiting", response_id=s.wait.response_id, lease_deadline_ms=s.wait.deadline_ms
+            )
         accepted = self._append(session_id, s, accepted_body)
         started = self._append(session_id, s, started_body)
         s.msgids[client_msg_id] = (accepted.seq, message_id, response_id)
@@ -237,6 +267,8 @@ class MemoryStore:
         s = self._get(session_id)
         if s is None:
             return "unknown", response_id or ""
+        if s.wait is not None and response_id in (None, s.wait.response_id):
+            return "waiting", s.wait.response_id
         rid = response_id or s.active
         if rid is None:
             return "idle", ""
@@ -303,6 +335,180 @@ class MemoryStore:
 
     def on_cancel(self, callback: Callable[[str, str], None]) -> None:
         self._cancel_callbacks.append(callback)
+
+    # ------------------------------------------------------------ tool calls (store.ToolCallStore)
+
+    async def end_with_calls(
+        self,
+        session_id: str,
+        response_id: str,
+        *,
+        call_bodies: Sequence[str],
+        calls: Sequence[CallRecord],
+        turn: str,
+        body: str,
+        continuation: Continuation,
+        now_ms: int,
+        lease_ms: int,
+        wait_deadline_ms: int,
+    ) -> CallsOutcome:
+        s = self._get(session_id)
+        if s is None:
+            self.fanout.lose(session_id)
+            return CallsOutcome("gone")
+        if s.active != response_id:
+            return CallsOutcome("gone")
+        if s.cancel == response_id:
+            return CallsOutcome("cancel")
+        entries = [self._append(session_id, s, b) for b in call_bodies]
+        left = 0
+        for c in calls:
+            queued = c.kind == "server"
+            left += not queued
+            s.calls[c.call_id] = _Call(response_id, c.kind, c.spec, "q" if queued else "w")
+        self._push_turn(s, {"content": "".join(s.partial), **json.loads(turn)})
+        s.active, s.cancel, s.partial = None, None, []
+        s.responses[response_id] = "tool_calls"
+        entries.append(self._append(session_id, s, body))
+        s.wait = _Wait(response_id, left, wait_deadline_ms, continuation, [c.call_id for c in calls])
+        self._touch(s)
+        if left == 0:
+            return self._continue(session_id, s, now_ms, lease_ms, entries)
+        self.fanout.publish(session_id, entries)
+        return CallsOutcome("ended", entries, response_id=response_id)
+
+    def _continue(
+        self, session_id: str, s: _Session, now_ms: int, lease_ms: int, entries: list[LogEntry]
+    ) -> CallsOutcome:
+        """Every answer is in: the continuation becomes the active response, with a lease."""
+        wait = s.wait
+        assert wait is not None
+        cont = wait.continuation
+        entries.append(self._append(session_id, s, cont.started_body))
+        s.wait = None
+        s.active, s.lease, s.cancel, s.partial = cont.response_id, now_ms + lease_ms, None, []
+        s.responses[cont.response_id] = "running"
+        runs = [ToolRun(cid, s.calls[cid].spec) for cid in wait.call_ids if s.calls[cid].state == "q"]
+        self.fanout.publish(session_id, entries)
+        return CallsOutcome(
+            "continue",
+            entries,
+            response_id=cont.response_id,
+            continues=wait.response_id,
+            context=cont.context,
+            history=[dict(t) for t in s.history],
+            runs=runs,
+        )
+
+    async def answer_call(
+        self,
+        session_id: str,
+        call_id: str,
+        *,
+        mode: str,
+        body: str,
+        turn: str,
+        now_ms: int,
+        lease_ms: int,
+        runner: str = "",
+    ) -> CallsOutcome:
+        s = self._get(session_id)
+        if s is None:
+            self.fanout.lose(session_id)
+            return CallsOutcome("gone")
+        call = s.calls.get(call_id)
+        if call is None:
+            return CallsOutcome("unknown")
+        rid = call.response_id
+        waiting = s.wait is not None and s.wait.response_id == rid
+        if mode == "server":
+            if call.state == "d":
+                return CallsOutcome("duplicate", response_id=rid, accepted_seq=call.seq)
+            if s.cancel == runner:
+                return CallsOutcome("cancel", response_id=rid)
+            if call.kind == "client" or call.state != "r" or s.active != runner:
+                return CallsOutcome("gone", response_id=rid)
+        elif mode == "result":
+            if call.state == "d":
+                return CallsOutcome("duplicate", response_id=rid, accepted_seq=call.seq)
+            if call.kind != "client":
+                return CallsOutcome("closed", response_id=rid)
+            if not waiting:
+                return CallsOutcome("closed", response_id=rid)
+        else:
+            if call.kind != "approval" or not waiting:
+                return CallsOutcome("closed", response_id=rid)
+            if call.state != "w":
+                return CallsOutcome("same", response_id=rid)
+        entries: list[LogEntry] = []
+        if mode == "approve":
+            call.state = "q"
+        else:
+            entry = self._append(session_id, s, fill_response_id(body, rid))
+            entries.append(entry)
+            call.state, call.seq = "d", entry.seq
+            self._push_turn(s, json.loads(fill_response_id(turn, rid)))
+        self._touch(s)
+        if mode != "server" and s.wait is not None:
+            s.wait.left -= 1
+            if s.wait.left <= 0:
+                return self._continue(session_id, s, now_ms, lease_ms, entries)
+        self.fanout.publish(session_id, entries)
+        return CallsOutcome("answered", entries, response_id=rid)
+
+    async def start_run(
+        self, session_id: str, runner: str, call_id: str
+    ) -> Literal["ok", "done", "gone", "cancel"]:
+        s = self._get(session_id)
+        if s is None or s.active != runner:
+            return "gone"
+        if s.cancel == runner:
+            return "cancel"
+        call = s.calls.get(call_id)
+        if call is None or call.state != "q":
+            return "done"
+        call.state = "r"
+        return "ok"
+
+    async def end_wait(
+        self,
+        session_id: str,
+        response_id: str,
+        *,
+        body: str,
+        finish_reason: str,
+        expired_before: int | None = None,
+    ) -> list[LogEntry] | None:
+        s = self._get(session_id)
+        if s is None:
+            self.fanout.lose(session_id)
+            return None
+        wait = s.wait
+        if wait is None or wait.response_id != response_id:
+            return None
+        if expired_before is not None and wait.deadline_ms > expired_before:
+            return None
+        cont = wait.continuation
+        entries = [
+            self._append(session_id, s, cont.started_body),
+            self._append(session_id, s, fill_response_id(body, cont.response_id)),
+        ]
+        self._push_turn(
+            s, {"role": "assistant", "id": cont.response_id, "content": "", "finish_reason": finish_reason}
+        )
+        s.responses[cont.response_id] = finish_reason
+        s.wait = None
+        self._touch(s)
+        self.fanout.publish(session_id, entries)
+        return entries
+
+    async def expired_waits(self, now_ms: int, limit: int = 100) -> list[tuple[str, str]]:
+        found = [
+            (sid, s.wait.response_id)
+            for sid, s in self._sessions.items()
+            if s.wait is not None and s.wait.deadline_ms <= now_ms
+        ]
+        return found[:limit]
 
     # ------------------------------------------------------------ webhook deliveries
 

@@ -1,7 +1,7 @@
 """Lua scripts of the Redis store: each multi-step change is one atomic script.
 
 KEYS are a session's keys in ``keys.SESSION_KEYS`` order (meta, log, partial,
-history, msgids, responses, feedback); a script may take a prefix of them.
+history, msgids, responses, feedback, calls); a script may take a prefix of them.
 ARGV[1..5] are always: log max length, events channel, instance id, session TTL (ms), and
 "1" when this instance's own pub/sub subscription to the events channel is confirmed.
 """
@@ -63,11 +63,12 @@ ACCEPT = (
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
 local dup = redis.call('HGET', KEYS[5], ARGV[6])
 if dup then return {'duplicate', dup} end
-local m = redis.call('HMGET', KEYS[1], 'active', 'lease')
+local m = redis.call('HMGET', KEYS[1], 'active', 'lease', 'wait', 'wait_deadline')
 if m[1] then
   if tonumber(m[2]) > tonumber(ARGV[12]) then return {'busy', m[1], m[2]} end
   return {'stale', m[1]}
 end
+if m[3] then return {'waiting', m[3], m[4]} end
 local a = append(ARGV[10])
 local s = append(ARGV[11])
 redis.call('HSET', KEYS[5], ARGV[6], a[1] .. '|' .. ARGV[7] .. '|' .. ARGV[8])
@@ -153,8 +154,9 @@ return e
 
 # KEYS meta, log, partial, history, msgids, responses. ARGV[6..] response_id or '', control channel, sid
 CANCEL = """
-local active = redis.call('HGET', KEYS[1], 'active')
+local active, wait = unpack(redis.call('HMGET', KEYS[1], 'active', 'wait'))
 local rid = ARGV[6]
+if wait and (rid == '' or rid == wait) then return {'waiting', wait} end
 if rid == '' then
   if not active then return {'idle', ''} end
   rid = active
@@ -187,6 +189,165 @@ local text = redis.call('GET', KEYS[3]) or ''
 local turns = redis.call('LRANGE', KEYS[4], 0, -1)
 return {m[1] or '0', m[2] or '', text, turns}
 """
+
+# ------------------------------------------------------------------ tool calls (issue 17)
+# All take the eight session keys. A call's record in the calls hash is "kind|state|seq|response_id"
+# (keys.CALLS). Bodies that name a response the caller cannot know carry "response_id":"", filled
+# in here (store.fill_response_id is the same in Python).
+
+_TOOLS = (
+    _PRELUDE
+    + """
+local function push_turn(turn, maxturns)
+  redis.call('RPUSH', KEYS[4], turn)
+  redis.call('LTRIM', KEYS[4], -tonumber(maxturns), -1)
+end
+local function with_rid(body, rid)
+  local _, j = string.find(body, '"response_id":""', 1, true)
+  return string.sub(body, 1, j - 1) .. rid .. string.sub(body, j)
+end
+local function parse(rec)
+  return string.match(rec or '', '^([csa])|([wqrd])|(%d+)|(.+)$')
+end
+local WAIT = {'wait', 'wait_left', 'wait_deadline', 'wait_next', 'wait_started', 'wait_ctx'}
+-- every answer to rid's calls is in: its continuation becomes the active response, with a lease
+local function continue_from(rid, now, lease_ms, out)
+  local w = redis.call('HMGET', KEYS[1], 'wait_next', 'wait_started', 'wait_ctx')
+  local s = append(w[2])
+  out[#out + 1] = s[1]
+  out[#out + 1] = s[2]
+  redis.call('HDEL', KEYS[1], 'cancel', unpack(WAIT))
+  redis.call('HSET', KEYS[1], 'active', w[1], 'lease', now + lease_ms)
+  redis.call('HSET', KEYS[6], w[1], 'running')
+  redis.call('DEL', KEYS[3])
+  local runs = {}
+  for cid in string.gmatch(redis.call('HGET', KEYS[8], 'r:' .. rid) or '', '%S+') do
+    local kind, state = parse(redis.call('HGET', KEYS[8], cid))
+    if state == 'q' then runs[#runs + 1] = {cid, redis.call('HGET', KEYS[8], cid .. ':a')} end
+  end
+  touch()
+  return {'continue', out, w[1], w[3], redis.call('LRANGE', KEYS[4], 0, -1), runs, rid}
+end
+"""
+)
+
+# ARGV[6..] response_id, completed body, finish reason, history max turns, assistant turn (JSON without
+# content), now ms, lease ms, wait deadline ms, continuation id, its started body, its context,
+# number N of call bodies, the N bodies, then per call: call_id, kind (c/s/a), spec JSON.
+END_CALLS = (
+    _TOOLS
+    + """
+local rid = ARGV[6]
+local m = redis.call('HMGET', KEYS[1], 'active', 'cancel')
+if not m[1] and redis.call('EXISTS', KEYS[1]) == 0 then return {'lost'} end
+if m[1] ~= rid then return {'gone'} end
+if m[2] == rid then return {'cancel'} end
+local out = {}
+local nb = tonumber(ARGV[17])
+for i = 1, nb do
+  local e = append(ARGV[17 + i])
+  out[#out + 1] = e[1]
+  out[#out + 1] = e[2]
+end
+local left, ids = 0, {}
+for i = 18 + nb, #ARGV, 3 do
+  local cid, kind = ARGV[i], ARGV[i + 1]
+  local state = 'w'
+  if kind == 's' then state = 'q' else left = left + 1 end
+  redis.call('HSET', KEYS[8], cid, kind .. '|' .. state .. '|0|' .. rid, cid .. ':a', ARGV[i + 2])
+  ids[#ids + 1] = cid
+end
+redis.call('HSET', KEYS[8], 'r:' .. rid, table.concat(ids, ' '))
+local text = redis.call('GET', KEYS[3]) or ''
+push_turn('{"content":' .. cjson.encode(text) .. ',' .. string.sub(ARGV[10], 2), ARGV[9])
+redis.call('DEL', KEYS[3])
+redis.call('HDEL', KEYS[1], 'active', 'lease', 'cancel')
+redis.call('HSET', KEYS[6], rid, ARGV[8])
+local e = append(ARGV[7])
+out[#out + 1] = e[1]
+out[#out + 1] = e[2]
+redis.call('HSET', KEYS[1], 'wait', rid, 'wait_left', left, 'wait_deadline', ARGV[13],
+  'wait_next', ARGV[14], 'wait_started', ARGV[15], 'wait_ctx', ARGV[16])
+touch()
+if left == 0 then return continue_from(rid, tonumber(ARGV[11]), tonumber(ARGV[12]), out) end
+return {'ended', out}
+"""
+)
+
+# ARGV[6..] call_id, mode (result, approve, deny, server), tool.result.accepted body, tool turn,
+# now ms, lease ms, runner (mode server: the continuation running the call), history max turns.
+ANSWER = (
+    _TOOLS
+    + """
+local cid, mode = ARGV[6], ARGV[7]
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'lost'} end
+local kind, state, seq, rid = parse(redis.call('HGET', KEYS[8], cid))
+if not kind then return {'unknown'} end
+local m = redis.call('HMGET', KEYS[1], 'wait', 'active', 'cancel')
+if mode == 'server' then
+  if state == 'd' then return {'duplicate', rid, seq} end
+  if m[3] == ARGV[12] then return {'cancel', rid} end
+  if kind == 'c' or state ~= 'r' or m[2] ~= ARGV[12] then return {'gone', rid} end
+elseif mode == 'result' then
+  if state == 'd' then return {'duplicate', rid, seq} end
+  if kind ~= 'c' then return {'closed', rid} end
+  if m[1] ~= rid then return {'closed', rid} end
+else
+  if kind ~= 'a' then return {'closed', rid} end
+  if m[1] ~= rid then return {'closed', rid} end
+  if state ~= 'w' then return {'same', rid} end
+end
+local out = {}
+if mode == 'approve' then
+  redis.call('HSET', KEYS[8], cid, kind .. '|q|0|' .. rid)
+else
+  local e = append(with_rid(ARGV[8], rid))
+  out = {e[1], e[2]}
+  redis.call('HSET', KEYS[8], cid, kind .. '|d|' .. e[1] .. '|' .. rid)
+  push_turn(with_rid(ARGV[9], rid), ARGV[13])
+end
+if mode ~= 'server' and redis.call('HINCRBY', KEYS[1], 'wait_left', -1) <= 0 then
+  return continue_from(rid, tonumber(ARGV[10]), tonumber(ARGV[11]), out)
+end
+touch()
+return {'answered', out, rid}
+"""
+)
+
+# ARGV[6..] runner (the active continuation), call_id. 'ok' (now started), 'done' (started before),
+# 'gone' / 'cancel' (the runner may not go on).
+START_RUN = (
+    _TOOLS
+    + """
+local m = redis.call('HMGET', KEYS[1], 'active', 'cancel')
+if m[1] ~= ARGV[6] then return 'gone' end
+if m[2] == ARGV[6] then return 'cancel' end
+local kind, state, seq, rid = parse(redis.call('HGET', KEYS[8], ARGV[7]))
+if state ~= 'q' then return 'done' end
+redis.call('HSET', KEYS[8], ARGV[7], kind .. '|r|0|' .. rid)
+return 'ok'
+"""
+)
+
+# ARGV[6..] response_id, completed body ("response_id":""), finish reason, history max turns,
+# expired_before ('' = any). Returns {} when it no longer waits (or not expired), {'lost'}, or the
+# continuation's response.started and response.completed entries.
+WAIT_END = (
+    _TOOLS
+    + """
+local w = redis.call('HMGET', KEYS[1], 'wait', 'wait_deadline', 'wait_next', 'wait_started')
+if not w[1] and redis.call('EXISTS', KEYS[1]) == 0 then return {'lost'} end
+if w[1] ~= ARGV[6] then return {} end
+if ARGV[10] ~= '' and tonumber(w[2]) > tonumber(ARGV[10]) then return {} end
+local s = append(w[4])
+local c = append(with_rid(ARGV[7], w[3]))
+push_turn(cjson.encode({role='assistant', id=w[3], content='', finish_reason=ARGV[8]}), ARGV[9])
+redis.call('HSET', KEYS[6], w[3], ARGV[8])
+redis.call('HDEL', KEYS[1], unpack(WAIT))
+touch()
+return {s[1], s[2], c[1], c[2]}
+"""
+)
 
 # ------------------------------------------------------------------ webhook deliveries
 # KEYS are keys.WEBHOOKS_DUE and (but for the claim) the record's key; all share the {webhooks}

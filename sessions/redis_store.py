@@ -37,16 +37,23 @@ from .outage import StoreHealth, store_address
 from .redis_mux import Multiplexed
 from .store import (
     AcceptResult,
+    CallRecord,
+    CallsOutcome,
     CancelOutcome,
+    Continuation,
     DeltaOutcome,
     DeltaWrite,
     LeaseOutcome,
     LogEntry,
     SessionRecord,
     Snapshot,
+    ToolRun,
     WebhookClaim,
 )
 from .url import StoreKind, parse_store_url
+
+#: The tool-call scripts (redis_lua.py), registered with the others.
+TOOL_SCRIPTS = ("END_CALLS", "ANSWER", "START_RUN", "WAIT_END")
 
 log = logging.getLogger("parley.redis")
 
@@ -142,7 +149,17 @@ class RedisStore:
         )
         self._scripts = {
             name: self._r.register_script(getattr(redis_lua, name))
-            for name in ("CREATE", "ACCEPT", "DELTAS", "RENEW", "FINISH", "CANCEL", "FEEDBACK", "SNAPSHOT")
+            for name in (
+                "CREATE",
+                "ACCEPT",
+                "DELTAS",
+                "RENEW",
+                "FINISH",
+                "CANCEL",
+                "FEEDBACK",
+                "SNAPSHOT",
+                *TOOL_SCRIPTS,
+            )
         }
         self.loss = LossWatch(self._r, self.fanout, self.health, self._announce_lost)
         self._epoch_watch: asyncio.Task[None] | None = None
@@ -297,7 +314,7 @@ class RedisStore:
         if status == "duplicate":
             seq, mid, rid = res[1].split("|", 2)
             return AcceptResult("duplicate", duplicate_seq=int(seq), message_id=mid, response_id=rid)
-        if status == "busy":
+        if status in ("busy", "waiting"):
             return AcceptResult(status, response_id=res[1], lease_deadline_ms=int(res[2]))
         if status == "stale":
             return AcceptResult(status, response_id=res[1])
@@ -687,6 +704,158 @@ class RedisStore:
                 await self._r.publish(keys.CONTROL_CHANNEL, f"{keys.LOST_MESSAGE}\t{session_id}")
 
         self._spawn(publish(), "parley-redis-lost")
+
+    # ------------------------------------------------------------ tool calls (store.ToolCallStore)
+    # The scripts are END_CALLS, ANSWER, START_RUN and WAIT_END in redis_lua.py; a wait is indexed in
+    # its session's keys.tool_wait_index shard (ahead of the script that starts it, like a lease).
+
+    def _calls_outcome(self, session_id: str, res: list[Any]) -> CallsOutcome:
+        status = res[0]
+        if status == "lost":
+            self.loss.lost(session_id)
+            return CallsOutcome("gone")
+        if status in ("gone", "cancel", "unknown", "closed", "same"):
+            return CallsOutcome(status, response_id=res[1] if len(res) > 1 else "")
+        if status == "duplicate":
+            return CallsOutcome(status, response_id=res[1], accepted_seq=int(res[2]))
+        flat = res[1]
+        entries = [LogEntry(int(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2)]
+        if entries:
+            self.fanout.publish(session_id, entries)
+        if status == "continue":
+            _, _, next_id, context, turns, runs, waited = res
+            return CallsOutcome(
+                "continue",
+                entries,
+                response_id=next_id,
+                continues=waited,
+                context=context,
+                history=[json.loads(t) for t in turns],
+                runs=[ToolRun(cid, spec) for cid, spec in runs],
+            )
+        return CallsOutcome(status, entries, response_id=res[2] if len(res) > 2 else "")
+
+    @_guard
+    async def end_with_calls(
+        self,
+        session_id: str,
+        response_id: str,
+        *,
+        call_bodies: Sequence[str],
+        calls: Sequence[CallRecord],
+        turn: str,
+        body: str,
+        continuation: Continuation,
+        now_ms: int,
+        lease_ms: int,
+        wait_deadline_ms: int,
+    ) -> CallsOutcome:
+        member = f"{session_id}\t{response_id}"
+        index = keys.tool_wait_index(session_id)
+        args = self._args(
+            session_id,
+            response_id,
+            body,
+            "tool_calls",
+            self.history_max_turns,
+            turn,
+            now_ms,
+            lease_ms,
+            wait_deadline_ms,
+            continuation.response_id,
+            continuation.started_body,
+            continuation.context,
+            len(call_bodies),
+            *call_bodies,
+        )
+        for c in calls:
+            args += (c.call_id, c.kind[0], c.spec)
+        res = await self._run(
+            "END_CALLS", keys.session_keys(session_id), args, before=("ZADD", index, wait_deadline_ms, member)
+        )
+        out = self._calls_outcome(session_id, res)
+        self._index(keys.LEASES, f"{session_id}\t{response_id}", None)
+        if out.status != "ended":
+            self._index(index, member, None)
+        if out.status == "continue":
+            self._index(keys.LEASES, f"{session_id}\t{out.response_id}", now_ms + lease_ms)
+        return out
+
+    @_guard
+    async def answer_call(
+        self,
+        session_id: str,
+        call_id: str,
+        *,
+        mode: str,
+        body: str,
+        turn: str,
+        now_ms: int,
+        lease_ms: int,
+        runner: str = "",
+    ) -> CallsOutcome:
+        res = await self._run(
+            "ANSWER",
+            keys.session_keys(session_id),
+            self._args(
+                session_id, call_id, mode, body, turn, now_ms, lease_ms, runner, self.history_max_turns
+            ),
+        )
+        out = self._calls_outcome(session_id, res)
+        if out.status == "continue":
+            self._index(keys.tool_wait_index(session_id), f"{session_id}\t{out.continues}", None)
+            self._index(keys.LEASES, f"{session_id}\t{out.response_id}", now_ms + lease_ms)
+        return out
+
+    @_guard
+    async def start_run(self, session_id: str, runner: str, call_id: str) -> Any:
+        return await self._run(
+            "START_RUN", keys.session_keys(session_id), self._args(session_id, runner, call_id)
+        )
+
+    @_guard
+    async def end_wait(
+        self,
+        session_id: str,
+        response_id: str,
+        *,
+        body: str,
+        finish_reason: str,
+        expired_before: int | None = None,
+    ) -> list[LogEntry] | None:
+        res = await self._run(
+            "WAIT_END",
+            keys.session_keys(session_id),
+            self._args(
+                session_id,
+                response_id,
+                body,
+                finish_reason,
+                self.history_max_turns,
+                "" if expired_before is None else expired_before,
+            ),
+        )
+        # ended now, or it no longer waits (the index entry was stale): either way out of the index
+        self._index(keys.tool_wait_index(session_id), f"{session_id}\t{response_id}", None)
+        if res and res[0] == "lost":
+            self.loss.lost(session_id)
+            return None
+        if not res:
+            return None
+        entries = [LogEntry(int(res[0]), res[1]), LogEntry(int(res[2]), res[3])]
+        self.fanout.publish(session_id, entries)
+        return entries
+
+    @_guard
+    async def expired_waits(self, now_ms: int, limit: int = 100) -> list[tuple[str, str]]:
+        await self._indexed()
+        found: list[tuple[str, str]] = []
+        for index in keys.TOOL_WAIT_INDEXES:
+            members = await self._r.zrangebyscore(index, "-inf", now_ms, start=0, num=limit - len(found))
+            found += [tuple(m.split("\t", 1)) for m in members]  # type: ignore[misc]
+            if len(found) >= limit:
+                break
+        return found
 
     # ------------------------------------------------------------ webhook deliveries
     # (server/webhooks.py; the scripts are in redis_lua.py, the keys in keys.py)

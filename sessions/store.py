@@ -40,10 +40,11 @@ class AcceptResult:
     ``stale`` means another response is marked active but its lease expired: the
     caller should end it as interrupted (``finish(..., expired_before=now)``) and retry.
     ``busy`` carries that response's lease deadline: unless renewed (its process is alive),
-    the turn can be accepted from then on.
+    the turn can be accepted from then on. ``waiting``: a response waits for tool results
+    (``response_id``); ``lease_deadline_ms`` is then when that wait times out.
     """
 
-    status: Literal["accepted", "duplicate", "busy", "stale"]
+    status: Literal["accepted", "duplicate", "busy", "stale", "waiting"]
     entries: list[LogEntry] = field(default_factory=list)
     duplicate_seq: int = 0
     message_id: str = ""
@@ -72,8 +73,142 @@ class Snapshot:
     in_flight: dict[str, Any] | None
 
 
-CancelOutcome = Literal["cancelling", "finished", "idle", "unknown"]
+#: "waiting": the response named (or, with none named, the session's) waits for tool results;
+#: ``end_wait`` ends it.
+CancelOutcome = Literal["cancelling", "finished", "idle", "unknown", "waiting"]
 LeaseOutcome = Literal["ok", "cancel", "gone"]
+
+
+# ------------------------------------------------------------------ tool calls (issue 17)
+# A response that called tools ends (``end_with_calls``) and the session waits, holding no lease:
+# the store alone remembers the calls, who answers each, and the continuation to start. Each answer
+# (``answer_call``) is one atomic step; the one that completes the set starts the continuation, so
+# two instances racing on the last result start it once. Bodies that must name a response the
+# caller cannot know yet carry ``"response_id":""``, which the store fills in (``fill_response_id``).
+
+#: Who answers a call: the client (``tool.result``), the server at once, or the server once approved.
+CallKind = Literal["client", "server", "approval"]
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    call_id: str
+    kind: CallKind
+    spec: str  # JSON {"name", "arguments"}: returned verbatim to whoever runs a server call
+
+
+@dataclass(frozen=True, slots=True)
+class Continuation:
+    """The response that follows a set of tool results, prepared when the calls are made."""
+
+    response_id: str
+    started_body: str  # its response.started (continues = the response that called)
+    context: str  # opaque JSON: what the caller needs to build the model request again
+
+
+@dataclass(slots=True)
+class ToolRun:
+    """A server call the continuation runs before calling the model."""
+
+    call_id: str
+    spec: str
+
+
+@dataclass(slots=True)
+class CallsOutcome:
+    """``end_with_calls`` / ``answer_call``.
+
+    ``ended`` (calls logged, the session waits), ``continue`` (that was the last answer: the
+    continuation ``response_id`` is now active with a lease; run ``runs``, then the model, over
+    ``history``), ``answered`` (logged; more answers to come), ``duplicate`` (this call's result was
+    logged at ``accepted_seq``), ``same`` (the same approval again: nothing to do), ``unknown`` (no
+    such call), ``closed`` (its response no longer waits: cancelled, timed out, or the call is not
+    the caller's to answer), ``gone`` (the response is not the active one), ``cancel``.
+    """
+
+    status: Literal[
+        "ended", "continue", "answered", "duplicate", "same", "unknown", "closed", "gone", "cancel"
+    ]
+    entries: list[LogEntry] = field(default_factory=list)
+    response_id: str = ""  # the call's response (answers), or the continuation (continue)
+    continues: str = ""  # continue: the response whose calls were answered
+    accepted_seq: int = 0
+    context: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    runs: list[ToolRun] = field(default_factory=list)
+
+
+def fill_response_id(body: str, response_id: str) -> str:
+    """``body`` with its first ``"response_id":""`` filled in (the Lua scripts do the same)."""
+    marker = '"response_id":""'
+    i = body.index(marker) + len(marker) - 1
+    return body[:i] + response_id + body[i:]
+
+
+class ToolCallStore(Protocol):
+    """The tool-call part of ``SessionStore`` (both backends; tests/test_tool_store.py)."""
+
+    async def end_with_calls(
+        self,
+        session_id: str,
+        response_id: str,
+        *,
+        call_bodies: Sequence[str],
+        calls: Sequence[CallRecord],
+        turn: str,
+        body: str,
+        continuation: Continuation,
+        now_ms: int,
+        lease_ms: int,
+        wait_deadline_ms: int,
+    ) -> CallsOutcome:
+        """If ``response_id`` is active and not cancelled: log ``call_bodies`` then ``body`` (its
+        ``response.completed{tool_calls}``), keep ``turn`` (the assistant turn as JSON, without
+        ``content``: the partial text is put first) in history, and either wait for the calls the
+        client answers (``ended``) or, with none, start the continuation (``continue``)."""
+        ...
+
+    async def answer_call(
+        self,
+        session_id: str,
+        call_id: str,
+        *,
+        mode: Literal["result", "approve", "deny", "server"],
+        body: str,
+        turn: str,
+        now_ms: int,
+        lease_ms: int,
+        runner: str = "",
+    ) -> CallsOutcome:
+        """One answer: a client's result, an approval or a denial (while the call's response waits),
+        or a server call's result by the running continuation ``runner``. ``body`` (the
+        tool.result.accepted) and ``turn`` (the tool turn for history) have ``"response_id":""``."""
+        ...
+
+    async def start_run(
+        self, session_id: str, runner: str, call_id: str
+    ) -> Literal["ok", "done", "gone", "cancel"]:
+        """Mark a queued server call started by the active response ``runner``; "done": it was
+        started before (never run a call twice), "gone"/"cancel": ``runner`` may not go on."""
+        ...
+
+    async def end_wait(
+        self,
+        session_id: str,
+        response_id: str,
+        *,
+        body: str,
+        finish_reason: str,
+        expired_before: int | None = None,
+    ) -> list[LogEntry] | None:
+        """End the wait of ``response_id`` without results: log its continuation's response.started
+        and ``body`` (response.completed, ``"response_id":""``). With ``expired_before``, only if
+        the wait timed out by then. None: it no longer waits (a race lost: nothing logged)."""
+        ...
+
+    async def expired_waits(self, now_ms: int, limit: int = 100) -> list[tuple[str, str]]:
+        """(session_id, response_id) of waits whose deadline is at or before ``now_ms``."""
+        ...
 
 
 # ------------------------------------------------------------------ webhook deliveries
@@ -120,7 +255,7 @@ class WebhookStore(Protocol):
         ...
 
 
-class SessionStore(WebhookStore, Protocol):
+class SessionStore(WebhookStore, ToolCallStore, Protocol):
     """What the server needs from session storage; both backends pass one test suite.
 
     A write to a session whose state is gone (expired, or lost by Redis) announces the loss

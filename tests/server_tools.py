@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 from parley.server.tools import ToolContext, ToolError, function_tool
@@ -100,3 +101,16 @@ BadName = function_tool(name="bad name")(repeat.fn)
 
 async def plain_function(args: dict[str, Any], ctx: ToolContext) -> str:
     return "not wrapped"
+
+
+@function_tool(
+    description="Writes its call id to the file PARLEY_TEST_TOOL_LOG names, then sleeps (crash tests).",
+    parameters={"type": "object", "properties": {"seconds": {"type": "number", "maximum": 600}}},
+)
+async def logged_slow(args: dict[str, Any], ctx: ToolContext) -> str:
+    path = os.environ.get("PARLEY_TEST_TOOL_LOG")
+    if path:
+        with open(path, "a") as fh:  # noqa: ASYNC230 (a line, once per test run)
+            fh.write(ctx.call_id + "\n")
+    await asyncio.sleep(float(args.get("seconds", 600)))
+    return "slept"

@@ -29,7 +29,9 @@ REPORT_KEYS = {
     "events", "heartbeats", "tokens", "frames", "tokens_per_frame", "tokens_per_s", "frames_per_s",
     "latency_ms", "resumes", "errors", "failures", "integrity", "client", "timeseries",
 }  # fmt: skip
-LATENCY_KEYS = {"ttft", "server_ttft", "gap", "delivery", "schedule_lag", "resume", "connect", "turn"}
+LATENCY_KEYS = {
+    "ttft", "server_ttft", "gap", "delivery", "schedule_lag", "resume", "connect", "turn", "tool_round_trip",
+}  # fmt: skip
 
 
 def _config(url: str, **overrides: Any) -> LoadConfig:
@@ -77,12 +79,12 @@ def test_cli_parses_every_setting_into_the_config() -> None:
     args = build_parser().parse_args(
         ["--url", "ws://127.0.0.1:1/v1/ws", "-n", "7", "-t", "2", "--chaos", "0.5", "--chaos-at", "3",
          "--server-tokens-per-second", "50", "--step-sessions", "5", "--server-pid", "1", "--server-pid", "2",
-         "--no-text-check", "-q"]
+         "--no-text-check", "-q", "--tool-calls"]
     )  # fmt: skip
     cfg = config_from_args(args)
     assert (cfg.sessions, cfg.turns, cfg.chaos, cfg.chaos_at) == (7, 2, 0.5, 3)
     assert (cfg.server_tokens_per_second, cfg.step_sessions, cfg.server_pids) == (50.0, 5, [1, 2])
-    assert cfg.text_check is False and cfg.progress is False
+    assert cfg.text_check is False and cfg.progress is False and cfg.tool_calls is True
 
 
 # --------------------------------------------------------------------------- against Parley
@@ -101,6 +103,16 @@ async def test_load_run_delivers_every_token_exactly_once() -> None:
     }  # fmt: skip
     assert report["latency_ms"]["ttft"]["count"] == 18
     assert exit_code(report) == EXIT_OK
+
+
+async def test_tool_calls_mode_answers_a_call_per_turn() -> None:
+    """--tool-calls: each turn's first response calls the load tool; its answer continues to a full reply."""
+    async with live_server(store="memory://", echo_tokens_per_second=0) as srv:
+        report, _ = await run_load(_config(srv.url, sessions=4, turns=2, tool_calls=True))
+    assert report["turns"]["completed"] == 8
+    assert report["turns"]["finish_reasons"] == {"tool_calls": 8, "stop": 8}
+    assert report["latency_ms"]["tool_round_trip"]["count"] == 8
+    assert report["integrity"]["ok"] is True and exit_code(report) == EXIT_OK
 
 
 async def test_chaos_drops_resume_without_loss_on_redis(redis_url: str) -> None:

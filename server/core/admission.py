@@ -14,12 +14,13 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from parley.protocol import encode
 from parley.protocol.errors import ParleyError, RateLimited, SessionNotFound, Unauthorized
 from parley.protocol.messages import Hello, SessionReady
+from parley.protocol.tools import ToolSpec
 
 from .. import logs
 from ..auth import Authenticator, Identity
@@ -69,6 +70,8 @@ class Ticket:
     holds_slot: bool = False  # counted against the user's open connections
     trace_id: str = ""
     session_id: str | None = None
+    tools: tuple[ToolSpec, ...] = ()  # hello.tools: the client tools this connection runs
+    metadata: dict[str, Any] = field(default_factory=dict)  # hello.metadata (server tools see it)
 
 
 class Admission:
@@ -121,6 +124,8 @@ class Admission:
         ``release`` frees it).
         """
         ticket.trace_id = trace_id_from(hello.metadata, traceparent)
+        ticket.tools = hello.tools or ()
+        ticket.metadata = dict(hello.metadata)
         logs.bind(trace_id=ticket.trace_id)
         resuming = bool(hello.session_id)
         ref = {"type": "hello"}

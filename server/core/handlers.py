@@ -3,8 +3,7 @@
 One method per client message type, named after it; ``table()`` maps every type in
 ``parley.protocol.messages.CLIENT_TYPES`` to one (a test checks that none is missing).
 Handlers speak to the session through ``SessionService`` and answer the caller
-through ``Caller.reply``; they know no transport. Issue 17's ``tool.result`` is one
-more method and one more entry here.
+through ``Caller.reply``; they know no transport.
 """
 
 from __future__ import annotations
@@ -13,7 +12,16 @@ from typing import Any
 
 from parley.protocol import encode
 from parley.protocol.errors import InvalidMessage
-from parley.protocol.messages import Feedback, Hello, MessageSend, Ping, Pong, ResponseCancel
+from parley.protocol.messages import (
+    Feedback,
+    Hello,
+    MessageSend,
+    Ping,
+    Pong,
+    ResponseCancel,
+    ToolApprove,
+    ToolResult,
+)
 
 from ..meter import TokenMeter
 from ..metrics import Metrics
@@ -38,6 +46,8 @@ class Handlers:
         return {
             "hello": self.hello,
             "message.send": self.message_send,
+            "tool.result": self.tool_result,
+            "tool.approve": self.tool_approve,
             "response.cancel": self.response_cancel,
             "feedback": self.feedback,
             "ping": self.ping,
@@ -70,9 +80,25 @@ class Handlers:
             profile=msg.profile,
             response_format=fmt,
             trace_id=trace if isinstance(trace, str) and 0 < len(trace) <= 64 else caller.trace_id,
+            # a transport without a hello (HTTP) has no connection-wide tools: the message's only
+            tools=getattr(caller, "tools", ()),
+            turn_tools=msg.tools or (),
+            tool_choice=msg.tool_choice,
+            tenant=who.tenant if who is not None else None,
+            metadata=getattr(caller, "metadata", None),
         )
         if dup is not None:
             await caller.reply(encode(dup))
+
+    async def tool_result(self, caller: Caller, msg: ToolResult) -> None:
+        assert caller.session_id is not None
+        dup = await self.service.tool_result(caller.session_id, msg.call_id, msg.output, msg.is_error)
+        if dup is not None:
+            await caller.reply(encode(dup))
+
+    async def tool_approve(self, caller: Caller, msg: ToolApprove) -> None:
+        assert caller.session_id is not None
+        await self.service.tool_approve(caller.session_id, msg.call_id, msg.approved)
 
     async def response_cancel(self, caller: Caller, msg: ResponseCancel) -> None:
         assert caller.session_id is not None

@@ -30,6 +30,7 @@ from parley.protocol.errors import (
     UnsupportedVersion,
 )
 from parley.protocol.messages import Hello
+from parley.protocol.tools import ToolSpec
 
 from .. import handshake
 from ..core import Dispatcher, SessionReader, SinkClosed, SlowPeer, WriteDeadline
@@ -106,6 +107,14 @@ class WebSocketConnection:
     @property
     def who(self) -> Principal | None:
         return self.ticket.who
+
+    @property
+    def tools(self) -> tuple[ToolSpec, ...]:
+        return self.ticket.tools
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self.ticket.metadata
 
     @property
     def slow(self) -> bool:
