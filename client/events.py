@@ -20,6 +20,7 @@ from parley.protocol.messages import (
     Error,
     Feedback,
     FeedbackRecorded,
+    FinishReason,
     Heartbeat,
     Hello,
     MessageAccepted,
@@ -30,10 +31,18 @@ from parley.protocol.messages import (
     ResponseCancel,
     ResponseCompleted,
     ResponseDelta,
+    ResponseReasoningDelta,
     ResponseStarted,
+    ResponseToolCall,
+    ResponseToolCallDelta,
     ServerEvent,
     SessionReady,
     SessionSnapshot,
+    ToolApprovalRequested,
+    ToolApprove,
+    ToolResult,
+    ToolResultAccepted,
+    ToolResultDuplicate,
 )
 
 __all__ = [
@@ -46,9 +55,15 @@ __all__ = [
     "Pong",
     "ResponseCompleted",
     "ResponseDelta",
+    "ResponseReasoningDelta",
     "ResponseStarted",
+    "ResponseToolCall",
+    "ResponseToolCallDelta",
     "SessionReady",
     "SessionSnapshot",
+    "ToolApprovalRequested",
+    "ToolResultAccepted",
+    "ToolResultDuplicate",
     "UnknownEvent",
     "to_model",
 ]
@@ -72,6 +87,12 @@ Event = Union[
     ResponseDelta,
     ResponseCompleted,
     FeedbackRecorded,
+    ResponseReasoningDelta,
+    ResponseToolCallDelta,
+    ResponseToolCall,
+    ToolApprovalRequested,
+    ToolResultAccepted,
+    ToolResultDuplicate,
     Heartbeat,
     Pong,
     Error,
@@ -118,22 +139,17 @@ HEARTBEAT = type_name(Heartbeat)
 ERROR = type_name(Error)
 
 # ------------------------------------------------------------------ tool calls (issue 17)
-# The wire names of issue 17's messages, written out ONLY until the server side's models
-# (parley.protocol.messages: ToolResult, ToolApprove, ResponseToolCallDelta, ResponseToolCall,
-# ToolApprovalRequested, ToolResultAccepted, ToolResultDuplicate, ResponseReasoningDelta) are
-# merged. Then each line becomes ``type_name(<Model>)`` (tests/test_client_package.py's
-# no-literal check will point at these lines), TOOL_CALLS_FINISH is read from FinishReason, and
-# the models join ``Event`` above; nothing else in the client changes: it handles dicts.
-TOOL_RESULT = "tool.result"
-TOOL_APPROVE = "tool.approve"
-TOOL_CALL_DELTA = "response.tool_call.delta"
-TOOL_CALL = "response.tool_call"
-TOOL_APPROVAL_REQUESTED = "tool.approval_requested"
-TOOL_RESULT_ACCEPTED = "tool.result.accepted"
-TOOL_RESULT_DUPLICATE = "tool.result.duplicate"
-REASONING_DELTA = "response.reasoning.delta"
+TOOL_RESULT = type_name(ToolResult)
+TOOL_APPROVE = type_name(ToolApprove)
+TOOL_CALL_DELTA = type_name(ResponseToolCallDelta)
+TOOL_CALL = type_name(ResponseToolCall)
+TOOL_APPROVAL_REQUESTED = type_name(ToolApprovalRequested)
+TOOL_RESULT_ACCEPTED = type_name(ToolResultAccepted)
+TOOL_RESULT_DUPLICATE = type_name(ToolResultDuplicate)
+REASONING_DELTA = type_name(ResponseReasoningDelta)
 #: ``response.completed.finish_reason`` of a response that waits for client tool results.
 TOOL_CALLS_FINISH = "tool_calls"
+assert TOOL_CALLS_FINISH in typing.get_args(FinishReason), "the protocol renamed the tool_calls finish"
 
 
 def to_model(event: dict[str, Any]) -> Any:

@@ -36,15 +36,16 @@ def set_theme(theme: Literal["light", "dark"]) -> str:
 
 async def test_a_client_tool_round_trip_ends_in_the_continuation() -> None:
     """The call runs the handler; the result is logged once; the continuation's reply contains it."""
-    async with quick() as srv, ParleyClient(srv.url, tools=[set_theme]) as c:
-        async with c.stream('/tool set_theme {"theme": "dark"}') as turn:
-            async for _ in turn:
-                pass
-        assert turn.finish_reason == "stop" and "theme is dark" in turn.text
-        (call,) = turn.tool_calls
-        assert call.done and call.output == "theme is dark" and not call.is_error
-        assert len(turn.response_ids) == 2
-    log = await whole_log(srv.url, c.session_id or "", c.resume_token or "")
+    async with quick() as srv:
+        async with ParleyClient(srv.url, tools=[set_theme]) as c:
+            async with c.stream('/tool set_theme {"theme": "dark"}') as turn:
+                async for _ in turn:
+                    pass
+            assert turn.finish_reason == "stop" and "theme is dark" in turn.text
+            (call,) = turn.tool_calls
+            assert call.done and call.output == "theme is dark" and not call.is_error
+            assert len(turn.response_ids) == 2
+        log = await whole_log(srv.url, c.session_id or "", c.resume_token or "")
     assert len(accepted_results(log)) == 1 and len(continuations(log)) == 1
     assert [e["finish_reason"] for e in log if e["type"] == "response.completed"] == ["tool_calls", "stop"]
 
