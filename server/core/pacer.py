@@ -19,14 +19,13 @@ import collections
 class TurnPacer:
     """One per process: ``await slot()`` before a turn start."""
 
-    __slots__ = ("_loop", "_scheduled", "_waiting", "per_tick", "used")
+    __slots__ = ("_scheduled", "_waiting", "per_tick", "used")
 
     def __init__(self, per_tick: int) -> None:
         self.per_tick = per_tick  # 0: no pacing
         self.used = 0  # slots taken in the current iteration
         self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
         self._scheduled = False
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def slot(self) -> None:
         """Return at once while this iteration has a slot left; else wait for a later iteration."""
