@@ -22,7 +22,7 @@ COMMANDS = {
     "EVALSHA, 4 keys + 6 args": ("EVALSHA", "a" * 40, 4, *(f"{{s_{i}}}:k" for i in range(4)), *range(6)),
     "ZADD, 500 members": (
         "ZADD",
-        "parley:sessions",
+        "parley:{ix0}:sessions",
         *(x for i in range(500) for x in (1_700_000_000 + i, f"s_{i:032x}")),
     ),
 }

@@ -3,6 +3,7 @@
     python -m bench.run            # the full run (about 10 minutes on 2 cores)
     python -m bench.run --quick    # a small smoke of every benchmark (CI; under 2 minutes)
     python -m bench.run --only B1,B5
+    python -m bench.run --only B8  # turn starts in bursts: Parley on memory and on Redis vs the relay
 
 Each load is ``python -m parley.loadtest`` in its own process (the same client for
 Parley and the baselines), measuring the server's CPU from /proc (``--server-pid``)
@@ -34,7 +35,7 @@ from typing import Any
 from .procs import ROOT, Processes, Redis, Server, snapshot
 
 RESULTS = ROOT / "bench" / "results"
-ALL = ("B1", "B2", "B3", "B4", "B5", "B6", "B7")
+ALL = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,11 @@ class Plan:
     # fixed PARLEY_COALESCE_MS windows (busy window off), and "busy": the defaults (0 + 20 ms under load)
     b7_windows: tuple[int | str, ...] = (0, "busy", 10, 20, 50)
     b7_b1_turns: int = 3
+    # B8: every session sends at the same moment, b8_bursts times; short paced replies between bursts
+    b8_sessions: int = 200
+    b8_bursts: int = 5
+    b8_reply_tokens: int = 20
+    b8_rounds: int = 2  # alternating relay / memory / Redis loads; the median of each counts
     timeout_s: float = 600.0  # per loadtest process
 
 
@@ -87,6 +93,10 @@ QUICK = Plan(
     b5_heartbeat_ms=500,
     b7_windows=(0, "busy"),
     b7_b1_turns=1,
+    b8_sessions=20,
+    b8_bursts=2,
+    b8_reply_tokens=5,
+    b8_rounds=1,
     timeout_s=120.0,
 )
 
@@ -154,11 +164,15 @@ class Bench:
             **(extra or {}),
         }
 
-    def parley(self, tps: float, coalesce_ms: float = 0, extra: dict[str, str] | None = None) -> Server:
-        self.redis.command("FLUSHALL")
-        env = self.echo_env(tps, {"PARLEY_STORE": self.redis.url, "PARLEY_COALESCE_MS": str(coalesce_ms)})
+    def parley(
+        self, tps: float, coalesce_ms: float = 0, extra: dict[str, str] | None = None, store: str = "redis"
+    ) -> Server:
+        if store == "redis":
+            self.redis.command("FLUSHALL")
+        url = self.redis.url if store == "redis" else "memory://"
+        env = self.echo_env(tps, {"PARLEY_STORE": url, "PARLEY_COALESCE_MS": str(coalesce_ms)})
         env.update(extra or {})
-        return self.procs.server("parley", env, tag=f"c{coalesce_ms:g}")
+        return self.procs.server("parley", env, tag=f"{store}-c{coalesce_ms:g}")
 
     def relay(self, tps: float, extra: dict[str, str] | None = None) -> Server:
         return self.procs.server("relay", self.echo_env(tps, extra))
@@ -498,6 +512,66 @@ class Bench:
             "met": None,
         }
 
+    def b8(self) -> None:
+        """B8: turn starts in bursts: every session sends at once; Parley (memory, Redis) vs the relay."""
+        p = self.plan
+        env = {"PARLEY_ECHO_REPLY_TOKENS": str(p.b8_reply_tokens)}
+        args = [
+            "-n", str(p.b8_sessions), "-t", str(p.b8_bursts), "--burst",
+            "--reply-tokens", str(p.b8_reply_tokens), "--server-tokens-per-second", str(p.paced_tps),
+            "--turn-timeout", "60",
+        ]  # fmt: skip
+        servers = {
+            "relay": self.relay(p.paced_tps, env),
+            "memory": self.parley(p.paced_tps, extra=env, store="memory"),
+            "redis": self.parley(p.paced_tps, extra=env),
+        }
+        warm = ["-n", "20", "-t", "2", "--burst", "--reply-tokens", str(p.b8_reply_tokens)]
+        for kind, server in servers.items():
+            self.load(f"B8-warmup-{kind}", server, warm)
+        runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in servers}
+        kinds = list(servers)
+        for i in range(p.b8_rounds):
+            for kind in kinds[i % 3 :] + kinds[: i % 3]:  # rotate who goes first
+                r = self.load(f"B8-{kind}-{i + 1}", servers[kind], args, redis=kind == "redis")
+                b = r.get("bursts") or {}
+                runs[kind].append(
+                    {
+                        "ttft_p50": r["latency_ms"]["ttft"].get("p50"),
+                        "ttft_p99": r["latency_ms"]["ttft"].get("p99"),
+                        "server_ttft_p99": r["latency_ms"]["server_ttft"].get("p99"),
+                        "turn_starts": b.get("turn_starts"),
+                        "cpu_ms_per_turn_start": b.get("server_cpu_ms_per_turn_start"),
+                        "redis_cpu_ms_per_turn_start": b.get("redis_cpu_ms_per_turn_start"),
+                        "all_first_ms": [round(x["all_first_s"] * 1000, 1) for x in b.get("rounds", [])],
+                        "errors": r["errors"],
+                        "failures": r["failures"],
+                        "integrity_ok": r["integrity"]["ok"],
+                    }
+                )
+        for server in servers.values():
+            self.stop(server)
+        out: dict[str, dict[str, Any]] = {}
+        for kind, rs in runs.items():
+            out[kind] = {**self.median(rs), "all_first_ms": [x["all_first_ms"] for x in rs]}
+        rel = out["relay"]
+        ratios = {kind: _ratio(out[kind]["ttft_p99"], rel["ttft_p99"]) for kind in ("memory", "redis")}
+        self.results["B8"] = {
+            "workload": f"{p.b8_sessions} sessions send at the same moment, {p.b8_bursts} bursts, replies of "
+            f"{p.b8_reply_tokens} tokens at {p.paced_tps:g} tokens/s; server CPU from the release to "
+            "every first token",
+            "memory": out["memory"],
+            "redis": out["redis"],
+            "relay": rel,
+            "ttft_p99_ratio": ratios,
+            "cpu_per_turn_start_ratio": {
+                kind: _ratio(out[kind]["cpu_ms_per_turn_start"], rel["cpu_ms_per_turn_start"])
+                for kind in ("memory", "redis")
+            },
+            "target": "TTFT p99 <= 2x the relay's, on both stores",
+            "met": all(_le(v, 2.0) for v in ratios.values()),
+        }
+
 
 def lua_commands(root: Path) -> set[str]:
     """Commands only Parley's Lua scripts issue (commandstats counts those too): not separate requests.
@@ -698,6 +772,30 @@ def markdown(results: dict[str, Any]) -> str:
                     f(b4["cpu_s_per_mtok"]),
                 )
             )
+    if "B8" in results:
+        b = results["B8"]
+        rel = b["relay"]
+        for kind in ("memory", "redis"):
+            par = b[kind]
+            lines.append(
+                _row(
+                    f"B8 ({kind})",
+                    b["workload"],
+                    f"TTFT p50 / p99 {f(par['ttft_p50'])} / {f(par['ttft_p99'], ' ms')}; "
+                    f"{f(par['cpu_ms_per_turn_start'], ' ms')} CPU per turn start"
+                    + (
+                        f" (+ Redis {f(par['redis_cpu_ms_per_turn_start'], ' ms')})"
+                        if par.get("redis_cpu_ms_per_turn_start") is not None
+                        else ""
+                    ),
+                    f"relay TTFT p50 / p99 {f(rel['ttft_p50'])} / {f(rel['ttft_p99'], ' ms')}; "
+                    f"{f(rel['cpu_ms_per_turn_start'], ' ms')} CPU per turn start",
+                    f"TTFT p99 {f(b['ttft_p99_ratio'][kind])}x; "
+                    f"CPU {f(b['cpu_per_turn_start_ratio'][kind])}x",
+                    b["target"],
+                    yes[_le(b["ttft_p99_ratio"][kind], 2.0)],
+                )
+            )
     if "B3" in results:
         lines += ["", "B3 steps of the median round (sessions: p99 ms)", ""]
         for kind in ("relay", "parley"):
@@ -751,7 +849,7 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(plan, out, procs, verbose=not args.quiet)
         bench.log(f"results in {out}")
         order = [("B1", bench.b1), ("B2", bench.b2), ("B3", bench.b3), ("B4", bench.b4), ("B5", bench.b5)]
-        order.append(("B7", bench.b7))
+        order += [("B7", bench.b7), ("B8", bench.b8)]
         for name, fn in order:
             if name in wanted or (name == "B1" and "B6" in wanted):
                 bench.log(f"{name} ...")

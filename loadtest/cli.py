@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--turn-timeout", type=float, default=d.turn_timeout_s, help="seconds per turn")
     p.add_argument("--think", type=float, default=d.think_s, help="pause between turns (s)")
     p.add_argument("--hold", type=float, default=d.hold_s, help="idle mode (-t 0): hold connections (s)")
+    p.add_argument(
+        "--burst",
+        action="store_true",
+        help="turn starts in bursts: every session sends turn k at the same moment, once all finished "
+        "turn k-1 (reports server CPU per turn start with --server-pid)",
+    )
     p.add_argument("--connect-concurrency", type=int, default=d.connect_concurrency)
     p.add_argument("--content", default=d.content, help="user turn text; {turn} is the turn number")
     p.add_argument(
@@ -119,6 +125,7 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
         turn_timeout_s=args.turn_timeout,
         think_s=args.think,
         hold_s=args.hold,
+        burst=args.burst,
         connect_concurrency=args.connect_concurrency,
         content=args.content,
         token=args.token,
@@ -157,6 +164,8 @@ def _validate(cfg: LoadConfig) -> str | None:
         return "--chaos-at must be >= 0"
     if cfg.duration_s <= 0 or cfg.turn_timeout_s <= 0:
         return "--duration and --turn-timeout must be positive"
+    if cfg.burst and (cfg.turns == 0 or cfg.step_sessions):
+        return "--burst needs turns (-t >= 1) and no step mode"
     if cfg.step_sessions and cfg.turns == 0:
         return "step mode needs turns (-t >= 1; sessions then take turns until the run stops)"
     if cfg.reply_tokens < 1:

@@ -33,6 +33,8 @@ class LoadConfig:
     turn_timeout_s: float = 60.0  # a turn not completed by then is an error ("timeout")
     think_s: float = 0.0  # pause between a response's end and the next turn
     hold_s: float = 0.0  # idle mode: keep every connection open this long once all are connected
+    #: every session's turn k leaves at the same moment, once all sessions finished turn k-1
+    burst: bool = False
     connect_concurrency: int = 200  # handshakes in flight at once
     connect_timeout_s: float = 10.0
     content: str = "Tell me about turn {turn}: the quick brown fox jumps over the lazy dog."

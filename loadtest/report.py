@@ -38,6 +38,7 @@ def build_report(
     redis: RedisProbe | None,
     steps: list[dict[str, Any]],
     capacity: dict[str, Any] | None,
+    bursts: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     st = ctx.stats
     c = st.counts
@@ -95,10 +96,24 @@ def build_report(
         report["server"] = server.to_dict(tokens, c["connected"])
     if redis is not None:
         report["redis"] = redis.to_dict(tokens)
+    if bursts is not None:
+        report["bursts"] = burst_summary(bursts)
     if steps:
         report["steps"] = steps
         report["capacity"] = capacity
     return report
+
+
+def burst_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Burst mode: each burst, and the CPU per turn start over all of them (release -> every first token)."""
+    starts = sum(r["turn_starts"] for r in rounds)
+    out: dict[str, Any] = {"rounds": rounds, "turn_starts": starts}
+    for side in ("server", "redis"):
+        cpu = [r[f"{side}_cpu_s"] for r in rounds if f"{side}_cpu_s" in r]
+        if cpu and starts:
+            out[f"{side}_cpu_s"] = round(sum(cpu), 3)
+            out[f"{side}_cpu_ms_per_turn_start"] = round(sum(cpu) / starts * 1000, 4)
+    return out
 
 
 def _ms(v: Any) -> str:
@@ -156,6 +171,12 @@ def summary_table(report: dict[str, Any]) -> Table:
     if "redis" in report:
         rd = report["redis"]
         t.add_row("redis commands per token (incl. inside Lua)", f"{rd['commands_per_token']}")
+    if report.get("bursts"):
+        b = report["bursts"]
+        t.add_row("burst turn starts", f"{b['turn_starts']} in {len(b['rounds'])} bursts")
+        if "server_cpu_ms_per_turn_start" in b:
+            per = b["server_cpu_ms_per_turn_start"]
+            t.add_row("server CPU ms per turn start (to its first token)", str(per))
     if report.get("capacity"):
         cap = report["capacity"]
         t.add_row(

@@ -16,7 +16,7 @@ from typing import Any
 
 from .config import LoadConfig
 from .report import build_report
-from .session import LoadSession, RunContext
+from .session import BurstGate, LoadSession, RunContext
 from .stats import Histogram, Stats
 from .target import RedisProbe, ServerProbe
 
@@ -69,6 +69,8 @@ async def run_load(cfg: LoadConfig, progress: ProgressFn | None = None) -> tuple
     try:
         if cfg.turns == 0:
             await _run_idle(ctx, sessions, state, server, hard_stop)
+        elif cfg.burst:
+            await _run_burst(ctx, sessions, state, server, redis_probe, hard_stop)
         elif cfg.step_sessions > 0:
             await _run_steps(ctx, sessions, state, hard_stop)
         else:
@@ -99,6 +101,7 @@ async def run_load(cfg: LoadConfig, progress: ProgressFn | None = None) -> tuple
         redis=redis_probe,
         steps=state["steps"],
         capacity=state.get("capacity"),
+        bursts=state.get("bursts"),
     )
     return report, ctx.stats
 
@@ -167,6 +170,50 @@ async def _run_idle(
     release.set_result(None)
     state["phase"] = "closing"
     await _gather_bounded(tasks, time.perf_counter() + 10)
+
+
+async def _run_burst(
+    ctx: RunContext,
+    sessions: list[LoadSession],
+    state: dict[str, Any],
+    server: ServerProbe | None,
+    redis: RedisProbe | None,
+    hard_stop: float,
+) -> None:
+    """Connect every session; then, turn after turn, release every session's turn at once.
+
+    Each burst reads the server's (and Redis's) CPU when the gate opens and again when every
+    released turn has its first token: the CPU a burst of turn starts costs, up to the first token.
+    """
+    cfg = ctx.config
+    gate = ctx.burst = BurstGate(cfg.sessions)
+    state["phase"] = "connecting"
+    tasks = await _spawn(ctx, sessions, cfg.sessions, cfg.ramp_s, lambda s: s.run_bursts(cfg.turns))
+    rounds: list[dict[str, Any]] = state.setdefault("bursts", [])
+    for turn in range(cfg.turns):
+        try:
+            await asyncio.wait_for(gate.all_arrived.wait(), max(ctx.stop_turns_at - time.perf_counter(), 0))
+        except TimeoutError:
+            break
+        if not gate.arrived:
+            break
+        state["phase"] = f"burst {turn + 1}"
+        cpu0 = server.cpu_now() if server else None
+        redis0 = redis.cpu_now() if redis else None
+        begin = time.perf_counter()
+        n = gate.open()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(gate.all_first.wait(), cfg.turn_timeout_s)
+        elapsed = time.perf_counter() - begin
+        burst: dict[str, Any] = {"turn_starts": n, "first_tokens": gate.firsts}
+        burst["all_first_s"] = round(elapsed, 4)
+        if cpu0 is not None and server is not None:
+            burst["server_cpu_s"] = round(server.cpu_now() - cpu0, 3)
+        if redis0 is not None and redis is not None:
+            burst["redis_cpu_s"] = round(redis.cpu_now() - redis0, 3)
+        rounds.append(burst)
+    state["phase"] = "draining"
+    await _gather_bounded(tasks, hard_stop)
 
 
 def _step_metric(ctx: RunContext) -> str:

@@ -61,11 +61,61 @@ class RunContext:
     all_settled: asyncio.Event = field(default_factory=asyncio.Event)
     expect_settled: int = 0
     settled: int = 0
+    #: burst mode: the gate every session's turns pass through together
+    burst: BurstGate | None = None
 
     def settle(self) -> None:
         self.settled += 1
         if self.settled >= self.expect_settled:
             self.all_settled.set()
+
+
+class BurstGate:
+    """Burst mode: turn k of every session leaves at the same moment, once all have finished turn k-1.
+
+    Sessions ``arrive`` and wait; the runner sees ``all_arrived``, reads the server's CPU and
+    ``open``s the gate (every waiting session sends in the same client loop turn), then waits
+    for ``all_first``: every released turn got its first token (or failed).
+    """
+
+    def __init__(self, sessions: int) -> None:
+        self.live = sessions  # sessions still taking part (a failed one leaves)
+        self.arrived = 0
+        self.all_arrived = asyncio.Event()
+        self.all_first = asyncio.Event()
+        self.expect_first = 0
+        self.firsts = 0
+        self._release: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def _check(self) -> None:
+        if self.arrived >= self.live:
+            self.all_arrived.set()
+
+    async def arrive(self) -> None:
+        release = self._release
+        self.arrived += 1
+        self._check()
+        await release
+
+    def leave(self) -> None:
+        self.live -= 1
+        self._check()
+
+    def open(self) -> int:
+        """Release every waiting session; returns how many turns start now."""
+        n, self.arrived = self.arrived, 0
+        self.all_arrived.clear()
+        self.expect_first, self.firsts = n, 0
+        self.all_first.clear()
+        release, self._release = self._release, asyncio.get_running_loop().create_future()
+        release.set_result(None)
+        return n
+
+    def first(self) -> None:
+        """A released turn got its first token, or ended without one."""
+        self.firsts += 1
+        if self.firsts >= self.expect_first:
+            self.all_first.set()
 
 
 class LoadSession:
@@ -205,6 +255,8 @@ class LoadSession:
             self.first_at = mono
             if not self.disrupted:
                 st.observe("ttft", t_rel, (mono - self.sent_at) * 1000)
+            if ctx.burst is not None:
+                ctx.burst.first()
         elif not replay and not self._just_resumed:
             gap = (mono - self.prev_at) * 1000
             st.observe("gap", t_rel, gap)
@@ -509,6 +561,42 @@ class LoadSession:
                 self.stats.counts["turns_failed"] += 1
             raise
         finally:
+            if self.missing:
+                self.stats.counts["lost"] += len(self.missing)
+                self.missing.clear()
+            self.close()
+
+    async def run_bursts(self, turns: int) -> None:
+        """Burst mode: connect, then take each turn when the gate opens for every session at once."""
+        gate = self.ctx.burst
+        assert gate is not None
+        if not await self._open():
+            gate.leave()
+            return
+        released = False
+        try:
+            for turn in range(turns):
+                if time.perf_counter() >= self.ctx.stop_turns_at:
+                    break
+                released = False
+                self.first_at = None
+                await gate.arrive()
+                released = True
+                await self.take_turn(turn)
+            self.stats.counts["sessions_completed"] += 1
+        except SessionFailed as exc:
+            self.stats.failures[exc.code] += 1
+            self.stats.counts["sessions_failed"] += 1
+            self.stats.counts["turns_failed"] += 1
+        except asyncio.CancelledError:
+            if self._done is not None and not self._done.done():
+                self.stats.failures["deadline"] += 1
+                self.stats.counts["turns_failed"] += 1
+            raise
+        finally:
+            if released and self.first_at is None:
+                gate.first()  # the runner must not wait for a first token that will not come
+            gate.leave()
             if self.missing:
                 self.stats.counts["lost"] += len(self.missing)
                 self.missing.clear()

@@ -85,6 +85,10 @@ class ServerProbe:
         self._cpu0 = cpu_seconds(self.tracked)
         self.rss_start_kb = rss_kb(self.tracked)
 
+    def cpu_now(self) -> float:
+        """CPU seconds the tracked processes have used so far (a burst reads it before and after)."""
+        return sum(u + s for u, s in cpu_seconds(self.tracked).values())
+
     def mark_loaded(self) -> None:
         """Remember the memory now (idle mode: once every connection is open)."""
         self.rss_loaded_kb = rss_kb(self.tracked)
@@ -134,6 +138,10 @@ class RedisProbe:
     def _cpu(self) -> float:
         info = self._r.info("cpu")
         return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+    def cpu_now(self) -> float:
+        """Redis's CPU seconds so far (one INFO round trip)."""
+        return self._cpu()
 
     def start(self) -> None:
         self._before = self._calls()

@@ -79,7 +79,9 @@ class Runtime:
         self.service = SessionService(self.store, self.generations, self.catalog, settings, self.server_tools)
         self.meter = TokenMeter(self.store, self.limiter)
         self.admission = Admission(self.service, settings, self.metrics, self.auth, self.limiter)
-        self.handlers = Handlers(self.service, self.metrics, self.limiter, self.meter)
+        self.handlers = Handlers(
+            self.service, self.metrics, self.limiter, self.meter, turns_per_tick=settings.turn_starts_per_tick
+        )
         self.handler_table: dict[str, Handler] = self.handlers.table()
         self.connections: set[Any] = set()  # every connected ``Client``, on any transport
         self.draining = False

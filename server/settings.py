@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     # previous flush's write was in flight (a congested loop or a slow Redis)
     coalesce_busy_ms: float = Field(20.0, ge=0)
     coalesce_busy_writes: int = Field(100, ge=1)
+    # turn starts begun per event-loop iteration; the rest of a burst waits for the next ones, so the
+    # first tokens of the first turns leave before the last turns start (server/core/pacer.py); 0: off
+    turn_starts_per_tick: int = Field(48, ge=0)
     lease_ms: int = Field(5_000, ge=500)  # a generation's lease; expiry means its process died
     lease_renew_ms: int = Field(1_500, ge=100)  # renew period, well under the lease
     reaper_interval_ms: int = Field(1_000, ge=100)  # how often to look for expired leases

@@ -69,27 +69,63 @@ def instance_channel(instance_id: str) -> str:
 #: Global pub/sub channel for cross-instance control (cancel). Messages: "cancel\t<sid>\t<rid>".
 CONTROL_CHANNEL = f"{PREFIX}:control"
 
-#: Global sorted set: member "<sid>\t<rid>", score = lease deadline (ms). Lets any instance find
-#: generations whose process died. Not hash-tagged: it is an index, written outside the scripts.
-LEASES = f"{PREFIX}:leases"
+#: The two process-wide indexes below are sharded into INDEX_BUCKETS sorted sets each, a session's
+#: entries in bucket ``crc32(session_id) % INDEX_BUCKETS``, each bucket under its own hash tag
+#: ``{ix<n>}``: in a Redis Cluster the buckets spread over the shards (16 tags land 6/5/5 on three
+#: masters), so every instance's lease renewals and every new session no longer land on one shard,
+#: and no key grows with the whole fleet (1 million sessions: ~62,500 members a bucket,
+#: docs/operations.md). Readers (the reaper, the feedback export) scan every bucket. Sixteen: more
+#: buckets than shards in any cluster we expect, few enough that a scan of all is cheap.
+INDEX_BUCKETS = 16
 
-#: Sorted sets of responses waiting for tool results: member "<sid>\t<rid>", score = when the wait
-#: times out (ms), so the reaper on any instance ends it with tool_timeout. Like the lease index it is
-#: written outside the scripts (ahead of the script that starts a wait, removed when it ends), but
-#: sharded by session: TOOL_WAIT_SHARDS keys with their own hash tags spread over a cluster's nodes.
-TOOL_WAIT_SHARDS = 8
+
+def index_bucket(session_id: str) -> int:
+    """The bucket of a session's index entries (stable across processes and restarts)."""
+    return zlib.crc32(session_id.encode()) % INDEX_BUCKETS
+
+
+def leases_key(bucket: int) -> str:
+    """Sorted set: member "<sid>\t<rid>", score = lease deadline (ms). Lets any instance find
+    generations whose process died. Written outside the scripts (an index, not session state)."""
+    return f"{PREFIX}:{{ix{bucket}}}:leases"
+
+
+def sessions_index_key(bucket: int) -> str:
+    """Sorted set: member = session_id, score = last activity (ms); lets feedback export and operators
+    enumerate sessions without SCAN. Trimmed by score when sessions expire."""
+    return f"{PREFIX}:{{ix{bucket}}}:sessions"
+
+
+def leases_of(session_id: str) -> str:
+    """The lease index bucket a session's responses are in."""
+    return leases_key(index_bucket(session_id))
+
+
+def sessions_index_of(session_id: str) -> str:
+    """The sessions index bucket a session is in."""
+    return sessions_index_key(index_bucket(session_id))
+
+
+LEASES_KEYS = tuple(leases_key(b) for b in range(INDEX_BUCKETS))
+SESSIONS_INDEX_KEYS = tuple(sessions_index_key(b) for b in range(INDEX_BUCKETS))
+#: The single-key indexes before issue 20; nothing reads or writes them now (docs/operations.md).
+LEGACY_INDEX_KEYS = (f"{PREFIX}:leases", f"{PREFIX}:sessions")
+
+
+def tool_waits_key(bucket: int) -> str:
+    """Sorted set of responses waiting for tool results: member "<sid>\t<rid>", score = when the wait
+    times out (ms), so the reaper on any instance ends it with tool_timeout. Like the lease index it is
+    written outside the scripts (ahead of the script that starts a wait, removed when it ends) and
+    sharded into the same buckets."""
+    return f"{PREFIX}:{{ix{bucket}}}:toolwaits"
 
 
 def tool_wait_index(session_id: str) -> str:
-    """The wait-index shard of a session (stable: crc32 of its id)."""
-    return f"{PREFIX}:{{toolwaits:{zlib.crc32(session_id.encode()) % TOOL_WAIT_SHARDS}}}"
+    """The wait-index bucket of a session."""
+    return tool_waits_key(index_bucket(session_id))
 
 
-TOOL_WAIT_INDEXES = tuple(f"{PREFIX}:{{toolwaits:{n}}}" for n in range(TOOL_WAIT_SHARDS))
-
-#: Global sorted set: member = session_id, score = last activity (ms); lets feedback export and
-#: operators enumerate sessions without SCAN. Trimmed by score when sessions expire.
-SESSIONS_INDEX = f"{PREFIX}:sessions"
+TOOL_WAIT_INDEXES = tuple(tool_waits_key(b) for b in range(INDEX_BUCKETS))
 
 #: Global string, no TTL: a random value the first instance writes (SET NX). Every instance reads
 #: it each second (sessions/loss.py): gone or changed means Redis lost data (a restart without

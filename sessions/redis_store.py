@@ -258,7 +258,7 @@ class RedisStore:
         )
         if not ok:
             raise InternalError("session id collision")
-        self._index(keys.SESSIONS_INDEX, session_id, int(time.time() * 1000))
+        self._index(keys.sessions_index_of(session_id), session_id, int(time.time() * 1000))
 
     @_guard
     async def get_session(self, session_id: str) -> SessionRecord | None:
@@ -303,11 +303,11 @@ class RedisStore:
                 lease_ms,
                 self.history_max_turns,
             ),
-            before=("ZADD", keys.LEASES, "GT", now_ms + lease_ms, lease),
+            before=("ZADD", keys.leases_of(session_id), "GT", now_ms + lease_ms, lease),
         )
         status = res[0]
         if status != "accepted":
-            self._index(keys.LEASES, lease, None)
+            self._index(keys.leases_of(session_id), lease, None)
         if status == "missing":  # expired, or lost by Redis: readers still tailing it must hear so
             self.loss.lost(session_id)
             raise SessionNotFound("no such session (or it was lost)")
@@ -359,14 +359,19 @@ class RedisStore:
                 try:
                     writes = [(key, "ZADD", members) for key, members in adds.items() if members]
                     writes += [(key, "ZREM", members) for key, members in removes.items() if members]
-                    for key, command, members in writes:
-                        try:
-                            if command == "ZADD":
-                                await self._r.zadd(key, members, gt=True)
-                            else:
-                                await self._r.zrem(key, *members)
-                        except Exception as exc:  # an outage: logged once by the tracker, repaired later
-                            self.health.failed(exc)
+                    # one command per index bucket touched, all at once (each bucket may be on its own shard)
+                    outcomes = await asyncio.gather(
+                        *(
+                            self._r.zadd(key, members, gt=True)  # type: ignore[arg-type]
+                            if command == "ZADD"
+                            else self._r.zrem(key, *members)
+                            for key, command, members in writes
+                        ),
+                        return_exceptions=True,
+                    )
+                    for (_, _, members), outcome in zip(writes, outcomes, strict=True):
+                        if isinstance(outcome, Exception):  # an outage: logged once, repaired later
+                            self.health.failed(outcome)
                             self.health.write_dropped(len(members))
                 finally:
                     self._index_inflight = None
@@ -440,7 +445,7 @@ class RedisStore:
         results = await self._batched(leases, lambda lease: lease[0], call)
         for i, ((sid, rid), r) in enumerate(zip(leases, results, strict=True)):
             if r == "ok":
-                self._index(keys.LEASES, f"{sid}\t{rid}", deadline_ms)
+                self._index(keys.leases_of(sid), f"{sid}\t{rid}", deadline_ms)
             elif r == "lost":
                 self.loss.lost(sid)
                 results[i] = "gone"
@@ -469,7 +474,7 @@ class RedisStore:
                 "" if expired_before is None else expired_before,
             ),
         )
-        self._index(keys.LEASES, f"{session_id}\t{response_id}", None)
+        self._index(keys.leases_of(session_id), f"{session_id}\t{response_id}", None)
         if len(res) == 1:
             if res[0] == -1:
                 self.loss.lost(session_id)
@@ -480,9 +485,16 @@ class RedisStore:
 
     @_guard
     async def expired_leases(self, now_ms: int, limit: int = 100) -> list[tuple[str, str]]:
+        """The ``limit`` earliest expired leases over every index bucket (each scanned, each bounded)."""
         await self._indexed()
-        members = await self._r.zrangebyscore(keys.LEASES, "-inf", now_ms, start=0, num=limit)
-        return [tuple(m.split("\t", 1)) for m in members]  # type: ignore[misc]
+        found = await asyncio.gather(
+            *(
+                self._r.zrangebyscore(key, "-inf", now_ms, start=0, num=limit, withscores=True)
+                for key in keys.LEASES_KEYS
+            )
+        )
+        members = sorted(((score, m) for bucket in found for m, score in bucket), key=lambda x: x[0])
+        return [tuple(m.split("\t", 1)) for _, m in members[:limit]]  # type: ignore[misc]
 
     @_guard
     async def request_cancel(self, session_id: str, response_id: str | None) -> tuple[CancelOutcome, str]:
@@ -506,7 +518,7 @@ class RedisStore:
             return None
         entry = _entry(res)
         self.fanout.publish(session_id, [entry])
-        self._index(keys.SESSIONS_INDEX, session_id, int(time.time() * 1000))
+        self._index(keys.sessions_index_of(session_id), session_id, int(time.time() * 1000))
         return entry
 
     @_guard
@@ -516,19 +528,28 @@ class RedisStore:
 
     @_guard
     async def list_sessions(self, since_ms: int, offset: int = 0, limit: int = 1000) -> list[str]:
-        """From ``keys.SESSIONS_INDEX``; index entries of expired sessions are pruned a batch per call."""
+        """From the sessions index buckets, merged by activity; index entries of expired sessions are
+        pruned a batch per bucket per call. A page at ``offset`` reads up to ``offset + limit`` entries
+        of every bucket (the order is across buckets)."""
         await self._indexed()
         horizon = int(time.time() * 1000) - self.session_ttl_ms
-        stale = await self._r.zrangebyscore(keys.SESSIONS_INDEX, "-inf", horizon, start=0, num=500)
-        if stale:
-            alive = await asyncio.gather(*(self._r.exists(keys.session_key(s, keys.META)) for s in stale))
-            dead = [sid for sid, n in zip(stale, alive, strict=True) if not n]
-            if dead:
-                await self._r.zrem(keys.SESSIONS_INDEX, *dead)
-        ids: list[str] = await self._r.zrangebyscore(
-            keys.SESSIONS_INDEX, since_ms, "+inf", start=offset, num=limit
+        stale = await asyncio.gather(
+            *(self._r.zrangebyscore(k, "-inf", horizon, start=0, num=500) for k in keys.SESSIONS_INDEX_KEYS)
         )
-        return ids
+        for key, sids in zip(keys.SESSIONS_INDEX_KEYS, stale, strict=True):
+            if sids:
+                alive = await asyncio.gather(*(self._r.exists(keys.session_key(s, keys.META)) for s in sids))
+                dead = [sid for sid, n in zip(sids, alive, strict=True) if not n]
+                if dead:
+                    await self._r.zrem(key, *dead)
+        found = await asyncio.gather(
+            *(
+                self._r.zrangebyscore(k, since_ms, "+inf", start=0, num=offset + limit, withscores=True)
+                for k in keys.SESSIONS_INDEX_KEYS
+            )
+        )
+        merged = sorted(((score, sid) for bucket in found for sid, score in bucket))
+        return [sid for _, sid in merged[offset : offset + limit]]
 
     # ------------------------------------------------------------ reading
 
@@ -774,11 +795,11 @@ class RedisStore:
             "END_CALLS", keys.session_keys(session_id), args, before=("ZADD", index, wait_deadline_ms, member)
         )
         out = self._calls_outcome(session_id, res)
-        self._index(keys.LEASES, f"{session_id}\t{response_id}", None)
+        self._index(keys.leases_of(session_id), f"{session_id}\t{response_id}", None)
         if out.status != "ended":
             self._index(index, member, None)
         if out.status == "continue":
-            self._index(keys.LEASES, f"{session_id}\t{out.response_id}", now_ms + lease_ms)
+            self._index(keys.leases_of(session_id), f"{session_id}\t{out.response_id}", now_ms + lease_ms)
         return out
 
     @_guard
@@ -804,7 +825,7 @@ class RedisStore:
         out = self._calls_outcome(session_id, res)
         if out.status == "continue":
             self._index(keys.tool_wait_index(session_id), f"{session_id}\t{out.continues}", None)
-            self._index(keys.LEASES, f"{session_id}\t{out.response_id}", now_ms + lease_ms)
+            self._index(keys.leases_of(session_id), f"{session_id}\t{out.response_id}", now_ms + lease_ms)
         return out
 
     @_guard

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -163,6 +164,19 @@ async def test_idle_mode_holds_connections_and_counts_heartbeats() -> None:
     assert report["latency_ms"]["connect"]["count"] == 8
 
 
+async def test_burst_mode_releases_every_turn_together_and_reports_cpu_per_turn_start() -> None:
+    """--burst releases each turn of every session at once and reports each burst's turn starts and CPU."""
+    async with live_server(store="memory://", echo_tokens_per_second=100, echo_reply_tokens=5) as srv:
+        cfg = _config(srv.url, sessions=6, turns=3, burst=True, reply_tokens=5, server_pids=[os.getpid()])
+        report, _ = await run_load(cfg)
+    bursts = report["bursts"]
+    assert [b["turn_starts"] for b in bursts["rounds"]] == [6, 6, 6]
+    assert [b["first_tokens"] for b in bursts["rounds"]] == [6, 6, 6]
+    assert bursts["turn_starts"] == 18 and bursts["server_cpu_ms_per_turn_start"] >= 0
+    assert report["latency_ms"]["ttft"]["count"] == 18
+    assert report["turns"]["completed"] == 18 and report["integrity"]["ok"]
+
+
 async def test_step_mode_reports_steps_and_capacity() -> None:
     """Step mode adds sessions per step and reports each step's p99 and the capacity found."""
     async with live_server(store="memory://", echo_tokens_per_second=100, echo_reply_tokens=20) as srv:
@@ -279,16 +293,18 @@ def test_cli_writes_json_and_plot_and_exits_zero(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_quick_benchmarks_run_every_workload(tmp_path: Path) -> None:
-    """``python -m bench.run --quick`` runs B1-B7 with their baselines and loses no event."""
+    """``python -m bench.run --quick`` runs B1-B8 with their baselines and loses no event."""
     proc = subprocess.run(
         [sys.executable, "-m", "bench.run", "--quick", "--out", str(tmp_path), "-q"],
         cwd=ROOT, capture_output=True, text=True, timeout=280,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert set(summary["results"]) == {"B1", "B2", "B3", "B4", "B5", "B6", "B7"}
+    assert set(summary["results"]) == {"B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8"}
     assert summary["integrity_failures"] == []
     assert summary["results"]["B1"]["relay"]["tokens"] > 0
     assert summary["results"]["B4"]["integrity"]["ok"]
+    b8 = summary["results"]["B8"]
+    assert all(b8[k]["turn_starts"] == 40 and b8[k]["integrity_ok"] for k in ("relay", "memory", "redis"))
     assert summary["stack"]["uvicorn_ws"]
     assert (tmp_path / "summary.md").read_text().startswith("| # |")

@@ -304,3 +304,25 @@ def test_trim_properties(messages: list[ChatMessage], budget: int) -> None:
     minimal = [m for m in messages if m.role == "system"] + newest
     total = sum(count_tokens(m.content) for m in result)
     assert total <= budget or len(result) == len(minimal)
+
+
+def test_trimming_skips_counting_only_when_the_conversation_surely_fits() -> None:
+    """The no-count fast path of trim_context returns exactly what counting would have kept."""
+    import random
+
+    from parley.server.profiles import count_tokens, trim_context
+    from parley.server.providers.base import ChatMessage
+
+    rng = random.Random(7)
+    for _ in range(5000):
+        msgs = [
+            ChatMessage(
+                rng.choice(["user", "assistant", "system"]),
+                " ".join("x" * rng.randint(1, 3) for _ in range(rng.randint(0, 6))) + " " * rng.randint(0, 2),
+            )
+            for _ in range(rng.randint(0, 6))
+        ]
+        budget = rng.randint(0, 30)
+        out = trim_context(msgs, budget)
+        if sum(count_tokens(m.content) for m in msgs) <= budget:
+            assert out == msgs  # everything fits: nothing dropped, order kept

@@ -18,7 +18,7 @@ from parley.protocol.messages import (
     ResponseDelta,
     ResponseStarted,
 )
-from parley.sessions import DeltaWrite, SessionStore, replay, tail
+from parley.sessions import DeltaWrite, SessionStore, keys, replay, tail
 from parley.sessions.tail import LogGap
 
 LEASE = 5_000
@@ -181,6 +181,17 @@ async def test_expired_lease_is_found_and_reaped_once(store: SessionStore) -> No
         sid, "r1", body=done("r1", "interrupted"), finish_reason="interrupted", expired_before=10_000
     )
     assert first is not None and again is None
+
+
+async def test_expired_leases_of_sessions_in_every_index_bucket_are_all_found(store: SessionStore) -> None:
+    """The reaper's scan covers every lease index bucket: 40 sessions' expired leases are all listed."""
+    sids = [await new_session(store, f"spread-{i}") for i in range(40)]
+    assert len({keys.index_bucket(sid) for sid in sids}) == keys.INDEX_BUCKETS  # every bucket in use
+    for sid in sids:
+        await accept(store, sid, now=1_000)
+    expired = await store.expired_leases(1_000 + LEASE + 1, limit=100)
+    assert sorted(expired) == sorted((sid, "r1") for sid in sids)
+    assert len(await store.expired_leases(1_000 + LEASE + 1, limit=7)) == 7  # the bound holds over buckets
 
 
 async def test_stale_response_is_reported_on_accept(store: SessionStore) -> None:
@@ -362,12 +373,12 @@ async def test_index_entries_of_a_burst_go_out_as_one_command_per_index(redis_ur
     try:
         before = await calls("zadd"), await calls("zrem")
         for i in range(20):
-            s._index(keys.LEASES, f"burst{i}\tr1", 10_000 + i)
-        s._index(keys.LEASES, "burst0\tr1", None)  # removed after being added: stays out
-        s._index(keys.LEASES, "burst1\tr1", 5_000)  # an older deadline: the later one stays
+            s._index(keys.leases_key(0), f"burst{i}\tr1", 10_000 + i)
+        s._index(keys.leases_key(0), "burst0\tr1", None)  # removed after being added: stays out
+        s._index(keys.leases_key(0), "burst1\tr1", 5_000)  # an older deadline: the later one stays
         await s.expired_leases(0)  # a read of the index waits for the writes
         after = await calls("zadd"), await calls("zrem")
-        scores = dict(await admin.zrange(keys.LEASES, 0, -1, withscores=True))
+        scores = dict(await admin.zrange(keys.leases_key(0), 0, -1, withscores=True))
     finally:
         await s.close()
         await admin.aclose()
@@ -385,16 +396,16 @@ async def test_index_writes_keep_their_order_and_deadlines_only_grow(redis_url: 
     s: Any = open_store(redis_url)
     await s.start()
     try:
-        s._index(keys.LEASES, "a\tr1", 10_000)
-        s._index(keys.LEASES, "b\tr1", 10_000)
+        s._index(keys.leases_key(0), "a\tr1", 10_000)
+        s._index(keys.leases_key(0), "b\tr1", 10_000)
         await s.expired_leases(0)  # the first batch is in Redis
-        s._index(keys.LEASES, "a\tr1", None)
-        s._index(keys.LEASES, "b\tr1", 5_000)
+        s._index(keys.leases_key(0), "a\tr1", None)
+        s._index(keys.leases_key(0), "b\tr1", 5_000)
         expired = await s.expired_leases(9_999)
     finally:
         await s.close()
     admin = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    scores = dict(await admin.zrange(keys.LEASES, 0, -1, withscores=True))
+    scores = dict(await admin.zrange(keys.leases_key(0), 0, -1, withscores=True))
     await admin.aclose()
     assert scores == {"b\tr1": 10_000} and expired == []
 
@@ -411,13 +422,13 @@ async def test_index_reads_do_not_wait_out_steady_index_traffic(redis_url: str) 
         for i in range(200_000):  # bounded: a writer that waited for idleness would see it end
             if stop:
                 return i
-            s._index(keys.LEASES, f"steady{i}\tr1", 10_000 + i)
+            s._index(keys.leases_key(0), f"steady{i}\tr1", 10_000 + i)
             await asyncio.sleep(0)
         return -1
 
     feeder = asyncio.create_task(feed())
     try:
-        s._index(keys.LEASES, "first\tr1", 1)
+        s._index(keys.leases_key(0), "first\tr1", 1)
         assert ("first", "r1") in await s.expired_leases(2)
         stop = True
         assert await feeder != -1  # the read returned while entries were still arriving
@@ -470,10 +481,10 @@ async def test_a_lease_is_in_the_index_once_its_turn_is_accepted(
     try:
         sid = await new_session(s, "lease-now")
         await accept(s, sid, "c1", "r1", now=1_000)
-        assert admin.zscore(keys.LEASES, f"{sid}\tr1") == 1_000 + LEASE
+        assert admin.zscore(keys.leases_of(sid), f"{sid}\tr1") == 1_000 + LEASE
         await accept(s, sid, "c2", "r2", now=1_001)  # busy: r1 is still generating
         await s.expired_leases(0)  # index reads wait for this process's index writes
-        assert admin.zscore(keys.LEASES, f"{sid}\tr2") is None
+        assert admin.zscore(keys.leases_of(sid), f"{sid}\tr2") is None
     finally:
         await s.close()
         admin.close()

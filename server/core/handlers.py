@@ -29,18 +29,26 @@ from ..ratelimit import Limiter
 from ..service import SessionService
 from .admission import refusal_error
 from .dispatch import Caller, Handler
+from .pacer import TurnPacer
 
 
 class Handlers:
     """One per process: the service, the limiter and the token meter the handlers use."""
 
     def __init__(
-        self, service: SessionService, metrics: Metrics, limiter: Limiter | None, meter: TokenMeter
+        self,
+        service: SessionService,
+        metrics: Metrics,
+        limiter: Limiter | None,
+        meter: TokenMeter,
+        *,
+        turns_per_tick: int = 0,
     ) -> None:
         self.service = service
         self.metrics = metrics
         self.limiter = limiter
         self.meter = meter
+        self.pacer = TurnPacer(turns_per_tick)  # a burst's first tokens do not wait for all of it
 
     def table(self) -> dict[str, Handler]:
         return {
@@ -58,6 +66,7 @@ class Handlers:
 
     async def message_send(self, caller: Caller, msg: MessageSend) -> None:
         assert caller.session_id is not None
+        await self.pacer.slot()
         fmt: dict[str, Any] | None = None
         if msg.response_format is not None and msg.response_format.type == "json_schema":
             fmt = {
