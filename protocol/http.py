@@ -557,7 +557,8 @@ RESPONSE_MODELS: list[type[BaseModel]] = [
 ]
 
 #: The SSE event types a stream carries (named in the document; each ``data`` is the WebSocket's JSON).
-SSE_EVENT_TYPES = sorted(m.LOGGED_TYPES | {"session.snapshot", "message.duplicate", "error"})
+#: A tail (``/events``) opens with ``session.ready`` (``recovered``, ``last_seq``), as the WebSocket does.
+SSE_EVENT_TYPES = sorted(m.LOGGED_TYPES | {"session.ready", "session.snapshot", "message.duplicate", "error"})
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:

@@ -57,7 +57,7 @@ from parley.protocol.http import (
     sse_retry,
     trace_id_of,
 )
-from parley.protocol.messages import Hello, MessageDuplicate
+from parley.protocol.messages import Hello, MessageDuplicate, SessionReady
 
 from .. import logs
 from ..core import refusal_error
@@ -80,10 +80,13 @@ M = TypeVar("M", bound=BaseModel)
 class HttpCall:
     """One request's caller, as the handlers see it (``core.Caller``): who, which session, its trace."""
 
-    __slots__ = ("duplicate", "last_seq", "session_id", "ticket")
+    __slots__ = ("duplicate", "last_seq", "resume_token", "session_id", "ticket")
 
-    def __init__(self, ticket: Ticket, session_id: str | None = None, last_seq: int = 0) -> None:
+    def __init__(
+        self, ticket: Ticket, session_id: str | None = None, last_seq: int = 0, resume_token: str = ""
+    ) -> None:
         self.ticket = ticket
+        self.resume_token = resume_token
         self.session_id = session_id
         self.last_seq = last_seq  # the session's newest seq when the call was proven
         self.duplicate: MessageDuplicate | None = None
@@ -219,7 +222,7 @@ async def session_call(request: Request, ticket: Ticket) -> HttpCall:
     ticket.who = owner
     ticket.session_id = session_id
     logs.bind(session_id=session_id)
-    return HttpCall(ticket, session_id, opened.last_seq)
+    return HttpCall(ticket, session_id, opened.last_seq, token or "")
 
 
 async def hold_slot(runtime: Runtime, ticket: Ticket) -> None:
@@ -241,7 +244,7 @@ async def open_stream(
     stream = EventStream(runtime, call.ticket, watch=watch, sse=sse)
     try:
         await hold_slot(runtime, call.ticket)
-        opening = await stream.reader.open(call.session_id, after, max(after, call.last_seq), resumed=True)
+        opening = await stream.reader.open(call.session_id, after, call.last_seq, resumed=True)
     except BaseException:
         await stream.finish()
         raise
@@ -363,7 +366,16 @@ async def tail_events(request: Request, ticket: Ticket) -> Response:
     cursor = parse_cursor(request.headers.get(LAST_EVENT_ID_HEADER), request.query_params.get("after"))
     after = call.last_seq if cursor is None else cursor
     stream, opening = await open_stream(runtime, call, after, None, sse=True)
-    return EventStreamResponse(stream, opening, sse_retry(SSE_RETRY_MS))
+    assert call.session_id is not None
+    ready = SessionReady(
+        session_id=call.session_id,
+        resume_token=call.resume_token,
+        heartbeat_interval_ms=runtime.settings.heartbeat_interval_ms,
+        resumed=True,
+        recovered=opening.recovered,
+        last_seq=opening.newest,
+    )
+    return EventStreamResponse(stream, opening, sse_retry(SSE_RETRY_MS) + sse_event(ready))
 
 
 @endpoint
