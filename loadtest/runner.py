@@ -17,6 +17,7 @@ from typing import Any
 from .config import LoadConfig
 from .report import build_report
 from .session import LoadSession, RunContext
+from .sse import SseLoadSession, close_client
 from .stats import Histogram, Stats
 from .target import RedisProbe, ServerProbe
 
@@ -80,6 +81,7 @@ async def run_load(cfg: LoadConfig, progress: ProgressFn | None = None) -> tuple
                 await ticker
         for s in sessions:
             s.abort()
+        await close_client(ctx)
     wall_s = time.perf_counter() - ctx.t0
     client_cpu = _client_cpu() - cpu0
     if server:
@@ -119,7 +121,7 @@ async def _spawn(
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-        s = LoadSession(ctx, len(sessions))
+        s = (SseLoadSession if ctx.config.transport == "sse" else LoadSession)(ctx, len(sessions))
         sessions.append(s)
         tasks.append(asyncio.create_task(make(s)))
     return tasks
