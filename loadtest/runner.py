@@ -17,7 +17,7 @@ from typing import Any
 from .config import LoadConfig
 from .report import build_report
 from .session import LoadSession, RunContext
-from .sse import SseLoadSession, close_client
+from .sse import SseLoadSession
 from .stats import Histogram, Stats
 from .target import RedisProbe, ServerProbe
 
@@ -81,7 +81,6 @@ async def run_load(cfg: LoadConfig, progress: ProgressFn | None = None) -> tuple
                 await ticker
         for s in sessions:
             s.abort()
-        await close_client(ctx)
     wall_s = time.perf_counter() - ctx.t0
     client_cpu = _client_cpu() - cpu0
     if server:

@@ -61,7 +61,6 @@ class RunContext:
     all_settled: asyncio.Event = field(default_factory=asyncio.Event)
     expect_settled: int = 0
     settled: int = 0
-    http_client: Any = None  # --transport sse: the one HTTP client of the run (loadtest/sse.py)
 
     def settle(self) -> None:
         self.settled += 1

@@ -4,20 +4,21 @@ A session is opened with ``POST /v1/sessions``; each turn is ``POST .../messages
 text/event-stream``, whose stream carries the turn's events (the same JSON as the WebSocket's
 frames) and ends after ``response.completed``. Every event goes through ``LoadSession._on_text``,
 so the integrity checks (seq order, token counts, identical replies) and the figures (TTFT, gaps,
-delivery latency) are the WebSocket run's, measured the same way. No chaos mode here (a cut
-stream would be resumed with ``GET .../events`` and ``Last-Event-ID``; tests/test_http.py covers it).
+delivery latency) are the WebSocket run's, measured the same way, by a client as lean as the
+WebSocket one (``http_wire.py``). No chaos mode here (a cut stream would be resumed with
+``GET .../events`` and ``Last-Event-ID``; tests/test_http.py covers that).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
-
+from .http_wire import HttpConnection, HttpError, connect
 from .session import LoadSession, SessionFailed
 
 
@@ -29,50 +30,42 @@ def http_base(ws_url: str) -> str:
 
 
 class SseLoadSession(LoadSession):
-    """One simulated user whose turns are SSE answers to POSTs (one HTTP client per run)."""
+    """One simulated user whose turns are SSE answers to POSTs, on its own keep-alive connection."""
 
-    def _client(self) -> httpx.AsyncClient:
-        ctx = self.ctx
-        client: httpx.AsyncClient | None = ctx.http_client
-        if client is None:
-            limits = httpx.Limits(
-                max_connections=self.cfg.sessions * 2, max_keepalive_connections=self.cfg.sessions
-            )
-            client = httpx.AsyncClient(timeout=self.cfg.turn_timeout_s, limits=limits)
-            ctx.http_client = client
-        return client
+    conn: HttpConnection | None = None
 
     def _headers(self) -> dict[str, str]:
         headers = {}
         if self.resume_token:
-            headers["Parley-Resume-Token"] = self.resume_token
+            headers["parley-resume-token"] = self.resume_token
         if self.cfg.token:
-            headers["Authorization"] = f"Bearer {self.cfg.token}"
+            headers["authorization"] = f"Bearer {self.cfg.token}"
         return headers
-
-    def _base(self) -> str:
-        return http_base(self.cfg.urls[self.url_index])
 
     async def connect(self, resume: bool) -> None:
         if resume:
             raise SessionFailed("sse_resume_unsupported")
-        loop = asyncio.get_running_loop()
-        self._closed = loop.create_future()  # an SSE session holds no connection between turns
+        self._closed = asyncio.get_running_loop().create_future()  # no connection held between turns
         gate = self.ctx.connect_gate
         if gate is not None:
             await gate.acquire()
         started = time.perf_counter()
         try:
+            self.conn = await asyncio.wait_for(
+                connect(http_base(self.cfg.urls[self.url_index])), self.cfg.connect_timeout_s
+            )
             body: dict[str, Any] = {"metadata": {"tenant_id": self.cfg.tenant}} if self.cfg.tenant else {}
-            r = await self._client().post(f"{self._base()}/v1/sessions", json=body, headers=self._headers())
-        except httpx.HTTPError as exc:
+            status, answer = await asyncio.wait_for(
+                self.conn.request("POST", "/v1/sessions", self._headers(), body), self.cfg.connect_timeout_s
+            )
+        except HttpError as exc:
             raise OSError(str(exc)) from exc
         finally:
             if gate is not None:
                 gate.release()
-        if r.status_code != 201:
-            raise SessionFailed(f"hello:{_code(r)}")
-        created = r.json()
+        if status != 201:
+            raise SessionFailed(f"hello:{_code(status, answer)}")
+        created = json.loads(answer)
         self.session_id, self.resume_token = created["session_id"], created["resume_token"]
         now = time.perf_counter()
         self.stats.observe("connect", now - self.ctx.t0, (now - started) * 1000)
@@ -97,22 +90,20 @@ class SseLoadSession(LoadSession):
         if self.ctx.first_send is None:
             self.ctx.first_send = self.sent_at
         self.stats.counts["turns_sent"] += 1
-        url = f"{self._base()}/v1/sessions/{self.session_id}/messages"
-        headers = {**self._headers(), "Accept": "text/event-stream"}
+        assert self.conn is not None
+        headers = {**self._headers(), "accept": "text/event-stream"}
         body = {"client_msg_id": self.cid, "content": self._content()}
+        path = f"/v1/sessions/{self.session_id}/messages"
         try:
-            async with asyncio.timeout(cfg.turn_timeout_s):
-                async with self._client().stream("POST", url, json=body, headers=headers) as r:
-                    if r.status_code != 200:
-                        await r.aread()
-                        raise SessionFailed(_code(r))
-                    async for line in r.aiter_lines():
-                        if line.startswith("data: "):
-                            self._on_text(line[6:].encode(), time.time(), time.perf_counter())
+            status, answer = await asyncio.wait_for(
+                self.conn.request("POST", path, headers, body, on_event=self._on_text), cfg.turn_timeout_s
+            )
         except TimeoutError:
             raise SessionFailed("timeout") from None
-        except httpx.HTTPError as exc:
-            raise SessionFailed(f"http:{type(exc).__name__}") from None
+        except HttpError:
+            raise SessionFailed("http:closed") from None
+        if status != 200:
+            raise SessionFailed(_code(status, answer))
         if not done.done():
             raise SessionFailed("stream_ended_early")
         done.result()
@@ -123,21 +114,16 @@ class SseLoadSession(LoadSession):
         if self._live:
             self._live = False
             self.stats.counts["live"] -= 1
+        if self.conn is not None:
+            self.conn.close()
 
     def abort(self) -> None:
-        return None
+        if self.conn is not None:
+            self.conn.close()
 
 
-def _code(r: httpx.Response) -> str:
+def _code(status: int, body: bytes) -> str:
     try:
-        return str(r.json()["error"]["code"])
+        return str(json.loads(body)["error"]["code"])
     except Exception:
-        return f"http_{r.status_code}"
-
-
-async def close_client(ctx: Any) -> None:
-    """The run is over: close the shared HTTP client (and its connections)."""
-    client: httpx.AsyncClient | None = ctx.http_client
-    if client is not None:
-        await client.aclose()
-        ctx.http_client = None
+        return f"http_{status}"
