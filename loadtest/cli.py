@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="after a drop, reconnect to the next --url (resume on another instance)",
     )
+    p.add_argument(
+        "--transport",
+        choices=("ws", "sse"),
+        default=d.transport,
+        help="ws: the WebSocket; sse: each turn a POST answered as server-sent events (the --url's host)",
+    )
     p.add_argument("-n", "--sessions", type=int, default=d.sessions, help="concurrent sessions")
     p.add_argument("-t", "--turns", type=int, default=d.turns, help="turns per session (0: idle connections)")
     p.add_argument("--ramp", type=float, default=d.ramp_s, help="seconds over which sessions start")
@@ -117,6 +123,7 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
         url=(args.url or [LoadConfig.url])[0],
         also_urls=(args.url or [])[1:],
         resume_elsewhere=args.resume_elsewhere,
+        transport=args.transport,
         sessions=args.sessions,
         turns=args.turns,
         ramp_s=args.ramp,
@@ -170,6 +177,10 @@ def _validate(cfg: LoadConfig) -> str | None:
         return "step mode needs turns (-t >= 1; sessions then take turns until the run stops)"
     if cfg.reply_tokens < 1:
         return "--reply-tokens must be >= 1"
+    if cfg.transport == "sse" and (cfg.turns == 0 or cfg.chaos or cfg.chaos_at is not None):
+        return "--transport sse takes turns (-t >= 1) and has no chaos mode"
+    if cfg.transport == "sse" and (cfg.burst or cfg.tool_calls):
+        return "--transport sse has no --burst or --tool-calls mode yet (use the WebSocket)"
     return None
 
 

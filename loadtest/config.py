@@ -24,6 +24,7 @@ class LoadConfig:
     url: str = "ws://127.0.0.1:8000/v1/ws"
     #: more instances of the same deployment: sessions are spread over ``url`` and these
     also_urls: list[str] = field(default_factory=list)
+    transport: str = "ws"  # "ws", or "sse": POST .../messages answered as SSE (loadtest/sse.py)
     resume_elsewhere: bool = False  # reconnect to the next instance after a drop (cross-instance resume)
     sessions: int = 10  # concurrent sessions (the final count in step mode)
     turns: int = 3  # turns per session; 0 = idle connections held for ``hold_s``

@@ -17,6 +17,7 @@ from typing import Any
 from .config import LoadConfig
 from .report import build_report
 from .session import BurstGate, LoadSession, RunContext
+from .sse import SseLoadSession
 from .stats import Histogram, Stats
 from .target import RedisProbe, ServerProbe
 
@@ -122,7 +123,7 @@ async def _spawn(
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-        s = LoadSession(ctx, len(sessions))
+        s = (SseLoadSession if ctx.config.transport == "sse" else LoadSession)(ctx, len(sessions))
         sessions.append(s)
         tasks.append(asyncio.create_task(make(s)))
     return tasks

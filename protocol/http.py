@@ -70,7 +70,7 @@ SessionCreate: type[_Body] = create_model(
 )
 
 
-def _checked_webhook_url(url: str | None) -> str | None:
+def checked_webhook_url(url: str | None) -> str | None:
     """Shape only (http or https, a host, no credentials); the host allowlist is the server's."""
     if url is None:
         return None
@@ -102,7 +102,7 @@ class MessageRequest(m.MessageSend):
     @field_validator("webhook_url")
     @classmethod
     def _url_shape(cls, url: str | None) -> str | None:
-        return _checked_webhook_url(url)
+        return checked_webhook_url(url)
 
     def as_send(self) -> m.MessageSend:
         """The WebSocket message this body stands for (what the session core handles)."""
@@ -558,7 +558,8 @@ RESPONSE_MODELS: list[type[BaseModel]] = [
 ]
 
 #: The SSE event types a stream carries (named in the document; each ``data`` is the WebSocket's JSON).
-SSE_EVENT_TYPES = sorted(m.LOGGED_TYPES | {"session.snapshot", "message.duplicate", "error"})
+#: A tail (``/events``) opens with ``session.ready`` (``recovered``, ``last_seq``), as the WebSocket does.
+SSE_EVENT_TYPES = sorted(m.LOGGED_TYPES | {"session.ready", "session.snapshot", "message.duplicate", "error"})
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:

@@ -27,6 +27,7 @@ from .guard import Guard
 from .metrics import CONTENT_TYPE
 from .runtime import Runtime, build_catalog
 from .settings import Settings
+from .transports import http as http_api
 from .transports.ws import websocket_endpoint
 
 __all__ = ["WebSocketFirst", "build_catalog", "create_app"]
@@ -163,6 +164,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/v1/asyncapi.json", asyncapi),
         Route("/metrics", metrics_endpoint),
         Route("/v1/feedback", feedback_endpoint),
+        *http_api.routes(),  # /v1/sessions/... and /v1/openapi.json (server/transports/http.py)
     ]
     if WEB_DEMO is not None:
         routes += [Route("/", index), Mount("/", StaticFiles(directory=WEB_DEMO), name="web-demo")]

@@ -254,6 +254,8 @@ class Generations:
         # tool calls: the profiles' server tools, and who starts a continuation (the service)
         self.server_tools = ServerTools({})
         self.on_continue: Callable[[str, CallsOutcome], None] | None = None
+        #: called with (session_id, response_id) for each response the reaper ended (its process died)
+        self.on_reaped: list[Callable[[str, str], None]] = []
         # responses being accepted here but not launched yet, and cancels that arrived meanwhile
         self._expected: dict[tuple[str, str], bool] = {}
         store.on_cancel(self._on_cancel)
@@ -642,6 +644,8 @@ class Generations:
             )
             if entry is not None:
                 reaped.append(response_id)
+                for cb in self.on_reaped:
+                    cb(session_id, response_id)
         if reaped:  # one line per pass: after an outage longer than the lease there may be hundreds
             log.warning(
                 "ended %d response(s) as interrupted: their instance stopped renewing the lease",

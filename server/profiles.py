@@ -14,6 +14,7 @@ model churn stays behind the service boundary. Profiles come from a TOML file
     context_tokens = 4000          # upstream budget, in whitespace tokens
     tools = ["parley.server.tools.clock:now"]  # server tools the model may call (module:attribute)
     reasoning = "hide"             # or "stream": send the model's reasoning deltas to clients
+    webhook_url = "https://hooks.example.com/parley"  # HTTP jobs' webhook unless the job names one
     [profiles.support.params]      # sent verbatim to the model (temperature, max_tokens, top_p, ...)
     temperature = 0.2
     max_tokens = 512
@@ -55,6 +56,7 @@ RESERVED_PARAMS = frozenset(
 )
 _FIELDS = frozenset(
     {"version", "provider", "model", "system_prompt", "context_tokens", "params", "tools", "reasoning"}
+    | {"webhook_url"}  # the HTTP jobs' default webhook (docs/http.md)
 )
 REASONING_MODES = ("hide", "stream")
 _TOOL_PATH_RE = re.compile(PATH_PATTERN)
@@ -179,6 +181,14 @@ def _parse_profile(name: str, table: Any, source: str) -> Profile:
     reasoning = table.get("reasoning", _DEFAULTS.reasoning)
     if reasoning not in REASONING_MODES:
         raise fail("reasoning", f'must be "hide" (the default) or "stream", not {reasoning!r}')
+    webhook_url = table.get("webhook_url")
+    if webhook_url is not None:
+        from parley.protocol.http import checked_webhook_url
+
+        try:
+            checked_webhook_url(webhook_url if isinstance(webhook_url, str) else "")
+        except ValueError as exc:
+            raise fail("webhook_url", str(exc)) from None
     return Profile(
         name=name,
         version=str(version),
@@ -189,6 +199,7 @@ def _parse_profile(name: str, table: Any, source: str) -> Profile:
         context_tokens=context_tokens,
         tools=tuple(tools),
         reasoning=reasoning,
+        webhook_url=webhook_url,
     )
 
 

@@ -25,6 +25,7 @@ from .config_error import ConfigError
 from .core import Admission, Handler, Handlers
 from .core.admission import Ticket
 from .generation import Generation, Generations
+from .jobs import Jobs
 from .meter import TokenMeter
 from .metrics import MeteredProvider, MeteredStore, Metrics
 from .profiles import load_profiles, single_profile_set
@@ -34,6 +35,7 @@ from .ratelimit import open_limiter
 from .service import ModelCatalog, SessionService
 from .settings import Settings
 from .tools import ServerTools
+from .webhooks import Webhooks
 
 log = logging.getLogger("parley")
 
@@ -94,6 +96,13 @@ class Runtime:
             running=lambda: len(self.generations.running),
         )
         self.metrics.watch_store(self.store.health)  # outage time, failed writes, lost sessions
+        # the HTTP patterns (issue 18): jobs read from the log, and the webhooks of async jobs, armed
+        # when a job ends (its generation here, or the reaper for a dead instance's)
+        self.webhooks = Webhooks.from_settings(settings, self.store, metrics=self.metrics.webhooks)
+        self.jobs = Jobs(self.store, self.webhooks)
+        self.webhooks.lookup = self.jobs.lookup
+        self.generations.on_finish.append(self.jobs.on_finish)
+        self.generations.on_reaped.append(self.jobs.on_reaped)
 
     def _on_finish(self, gen: Generation, finish_reason: str) -> None:
         """Runs in the generation's task: metrics and one log line (no text)."""
@@ -122,6 +131,8 @@ class Runtime:
         if self.limiter is not None:
             await self.limiter.start()
             self._tasks.append(asyncio.create_task(self._keep_slots(), name="parley-connection-slots"))
+        if self.webhooks.enabled:
+            await self.webhooks.start()
         if self.auth is None:
             log.warning(
                 "AUTH IS OFF: anyone can connect and claim any tenant or user. Set PARLEY_AUTH_JWT_SECRET or "
@@ -141,6 +152,8 @@ class Runtime:
             with contextlib.suppress(Exception):
                 await provider.aclose()
         await self.meter.stop()
+        await self.webhooks.aclose()
+        await self.jobs.aclose()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -371,7 +371,7 @@ class SessionService:
             break
         return result
 
-    async def cancel(self, session_id: str, response_id: str | None) -> None:
+    async def cancel(self, session_id: str, response_id: str | None, *, finished_ok: bool = False) -> str:
         """Ask the running response to stop; a cancel that finds nothing running is told so.
 
         A response waiting for tool results (named, or with none named) ends at once: its
@@ -397,11 +397,15 @@ class SessionService:
         if outcome == "idle":
             raise InvalidMessage("nothing to cancel: no response is running", ref=ref)
         if outcome == "finished":
+            if finished_ok:  # HTTP's cancel is idempotent: a finished job is an answer, not an error
+                return outcome
             raise InvalidMessage("nothing to cancel: that response has already finished", ref=ref)
+        return outcome
 
     async def feedback(
         self, session_id: str, response_id: str, rating: str, comment: str | None, tags: list[str]
-    ) -> None:
+    ) -> int:
+        """Log the rating; the seq of its ``feedback.recorded``."""
         body = encode(FeedbackRecorded(response_id=response_id, rating=rating))  # type: ignore[arg-type]
         record = {"rating": rating, "comment": comment, "tags": tags, "ts": now_ms()}
         entry = await self.store.record_feedback(session_id, response_id, feedback=record, body=body)
@@ -409,3 +413,25 @@ class SessionService:
             raise InvalidMessage(
                 "no such response in this session", ref={"type": "feedback", "response_id": response_id}
             )
+        return entry.seq
+
+    # ------------------------------------------------------------ HTTP callers (issue 18)
+
+    async def prove(
+        self, session_id: str, *, who: Principal | None, resume_token: str | None
+    ) -> tuple[Principal, OpenedSession]:
+        """An HTTP call's claim on a session: the resume token (anonymous callers), or the verified
+        identity (``who``, auth on) owning it, a token sent along must match too. Answers whose
+        session it is; unknown, foreign and wrong-token sessions are alike ``SessionNotFound``."""
+        rec = await self.store.get_session(session_id)
+        ok = rec is not None and (who is not None or resume_token is not None)
+        if rec is not None and resume_token is not None:
+            ok = ok and hmac.compare_digest(rec.token_hash, hash_token(resume_token))
+        if rec is not None and who is not None:
+            ok = (
+                ok and hmac.compare_digest(rec.tenant, who.tenant) and hmac.compare_digest(rec.user, who.user)
+            )
+        if not ok or rec is None:
+            raise SessionNotFound("no such session (or not yours)")
+        owner = Principal(rec.tenant, rec.user)
+        return owner, OpenedSession(session_id, resume_token or "", resumed=True, last_seq=rec.last_seq)

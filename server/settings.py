@@ -115,6 +115,10 @@ class Settings(BaseSettings):
     webhook_backoff_max_ms: int = Field(600_000, ge=1)  # cap of one wait (before jitter)
     webhook_poll_ms: int = Field(500, ge=10)  # how often each instance looks for due deliveries
 
+    # the HTTP patterns (server/transports/http.py, docs/http.md): a synchronous call waits this long
+    # for its turn, then answers 202 with the job's Location instead of holding the request
+    sync_timeout_ms: int = Field(60_000, ge=100)
+
     @field_validator(
         "auth_jwt_secret",
         "auth_jwt_public_key",

@@ -116,6 +116,30 @@ async def test_tool_calls_mode_answers_a_call_per_turn() -> None:
     assert report["integrity"]["ok"] is True and exit_code(report) == EXIT_OK
 
 
+async def test_sse_transport_delivers_every_token_exactly_once() -> None:
+    """--transport sse: turns are POSTs answered as SSE, with the same integrity checks and figures."""
+    async with live_server(store="memory://", echo_tokens_per_second=0, echo_reply_tokens=30) as srv:
+        report, _ = await run_load(_config(srv.url, transport="sse", sessions=4, turns=3, reply_tokens=30))
+    assert report["settings"]["transport"] == "sse"
+    assert report["tokens"] == 4 * 3 * 30
+    assert report["turns"]["completed"] == 12 and report["turns"]["finish_reasons"] == {"stop": 12}
+    assert report["integrity"]["ok"] is True
+    assert report["latency_ms"]["ttft"]["count"] == 12
+    assert exit_code(report) == EXIT_OK
+
+
+def test_sse_transport_refuses_chaos_and_idle_mode() -> None:
+    """--transport sse with --chaos, -t 0, --burst or --tool-calls is a usage error (exit 2), one line."""
+    for extra in (["--chaos", "0.5"], ["-t", "0"], ["--burst"], ["--tool-calls"]):
+        out = subprocess.run(
+            [sys.executable, "-m", "parley.loadtest", "--transport", "sse", *extra],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert out.returncode == 2 and "--transport sse" in out.stderr
+
+
 async def test_chaos_drops_resume_without_loss_on_redis(redis_url: str) -> None:
     """Every response dropped mid-stream is resumed and rebuilt exactly, replies equal uninterrupted ones."""
     async with live_server(store=redis_url, echo_tokens_per_second=400, echo_reply_tokens=40) as srv:

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -234,3 +235,44 @@ async def test_a_replaced_replica_is_found_by_name(balanced: Balanced) -> None:
     while not await reaches_new():
         assert time.monotonic() < deadline, "nginx never found the new replica"
     assert balanced.dns.queries >= 2
+
+
+async def test_sse_passes_through_unbuffered(balanced: Balanced) -> None:
+    """Through nginx an SSE tail gets each event as it is logged: session.ready at once, then a turn live."""
+    async with httpx.AsyncClient(base_url=balanced.http, timeout=10) as c:
+        created = (await c.post("/v1/sessions")).json()
+        sid, h = created["session_id"], {"Parley-Resume-Token": created["resume_token"]}
+        async with c.stream("GET", f"/v1/sessions/{sid}/events", headers=h) as tail:
+            assert tail.status_code == 200
+            lines = tail.aiter_lines()
+            kinds = [line async for line in _events(lines, "session.ready")]  # one small event, alone
+            assert kinds[-1] == "session.ready"
+            job = await c.post(
+                f"/v1/sessions/{sid}/messages",
+                headers={**h, "Prefer": "respond-async"},
+                json={"client_msg_id": "c1", "content": "through nginx"},
+            )
+            assert job.status_code == 202
+            kinds = [line async for line in _events(lines, "response.delta")]
+            running = (await c.get(job.headers["location"], headers=h)).json()
+            assert running["status"] == "running"  # the first delta arrived while the reply was being written
+            kinds = [line async for line in _events(lines, "response.completed")]  # the turn is over
+        async with c.stream(
+            "POST",
+            f"/v1/sessions/{sid}/messages",
+            headers={**h, "Accept": "text/event-stream"},
+            json={"client_msg_id": "c2", "content": "streamed through nginx"},
+        ) as turn:
+            kinds = [line async for line in _events(turn.aiter_lines(), None)]
+            assert turn.status_code == 200
+        assert kinds[0] == "message.accepted" and kinds[-1] == "response.completed"
+
+
+async def _events(lines: Any, until: str | None) -> Any:
+    """The event types of an SSE stream (read line by line) up to ``until`` (None: its end)."""
+    async for line in lines:
+        if line.startswith("event: "):
+            kind = line[len("event: ") :]
+            yield kind
+            if kind == until:
+                return

@@ -124,6 +124,7 @@ class Profile:
     context_tokens: int = 8000  # upstream budget for the conversation (whitespace tokens)
     tools: tuple[str, ...] = ()  # server tools by dotted path, "package.module:attribute"
     reasoning: Literal["stream", "hide"] = "hide"  # whether clients see the model's reasoning deltas
+    webhook_url: str | None = None  # where HTTP jobs of this profile POST their result (docs/http.md)
 
     @property
     def label(self) -> str:
