@@ -218,8 +218,11 @@ def single_profile_set(model_spec: str) -> ProfileSet:
 def trim_context(messages: Sequence[ChatMessage], budget_tokens: int) -> list[ChatMessage]:
     """Drop the oldest whole turns until the conversation fits ``budget_tokens`` (see module docstring)."""
     # A whitespace token takes at least two characters but the last, so a conversation of at most
-    # 2 * budget characters fits without counting: no split of every message on every turn.
-    if sum(len(m.content) + 1 for m in messages) <= 2 * budget_tokens:
+    # 2 * budget characters fits without counting: no split of every message on every turn. Tool
+    # calls' arguments count too (message_tokens), so a conversation with calls is always counted.
+    if sum(len(m.content) + 1 for m in messages) <= 2 * budget_tokens and not any(
+        m.tool_calls for m in messages
+    ):
         return list(messages)
     pinned = [i for i, m in enumerate(messages) if m.role == "system"]
     # Split the non-system messages into turns: each starts at a user message.
