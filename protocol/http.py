@@ -7,7 +7,8 @@ views of the same session log as the WebSocket (docs/http.md):
 - ``POST /v1/sessions/{id}/messages`` sends a turn (``MessageRequest``) and answers it as
   an SSE stream, a synchronous ``ResponseResult``, or an async ``Job`` (``choose_mode``);
 - ``GET /v1/sessions/{id}/events`` tails the log as SSE from ``Last-Event-ID``;
-- ``GET .../responses/{rid}`` polls a ``Job``; ``POST .../cancel`` and ``POST .../feedback``.
+- ``GET .../responses/{rid}`` polls a ``Job``; ``POST .../cancel`` and ``POST .../feedback``;
+- ``POST .../tool-results`` and ``POST .../tool-approvals`` answer a turn's tool calls.
 
 Request bodies reuse the WebSocket messages' fields by inheritance (``MessageRequest`` *is*
 a ``MessageSend``), so a field added to a message reaches HTTP without a copy. Every error
@@ -116,6 +117,24 @@ class FeedbackRequest(m.Feedback):
 
     def as_feedback(self) -> m.Feedback:
         return m.Feedback(**{name: getattr(self, name) for name in m.Feedback.model_fields})
+
+
+class ToolResultRequest(m.ToolResult):
+    """``POST /v1/sessions/{id}/tool-results``: a ``tool.result`` message without ``type``."""
+
+    type: SkipJsonSchema[Literal["tool.result"]] = "tool.result"
+
+    def as_message(self) -> m.ToolResult:
+        return m.ToolResult(**{name: getattr(self, name) for name in m.ToolResult.model_fields})
+
+
+class ToolApproveRequest(m.ToolApprove):
+    """``POST /v1/sessions/{id}/tool-approvals``: a ``tool.approve`` message without ``type``."""
+
+    type: SkipJsonSchema[Literal["tool.approve"]] = "tool.approve"
+
+    def as_message(self) -> m.ToolApprove:
+        return m.ToolApprove(**{name: getattr(self, name) for name in m.ToolApprove.model_fields})
 
 
 # ------------------------------------------------------------------ answers
@@ -243,6 +262,25 @@ class FeedbackResult(_Answer):
     response_id: str
     rating: Literal["up", "down"]
     seq: int  # the logged feedback.recorded
+
+
+class ToolResultReceipt(_Answer):
+    """``POST .../tool-results``: ``accepted`` (``tool.result.accepted`` follows in the log), or
+    ``duplicate``: this call's result was already logged at ``accepted_seq`` (the WebSocket's
+    ``tool.result.duplicate``); nothing changed, so a retried POST is safe."""
+
+    call_id: str
+    outcome: Literal["accepted", "duplicate"]
+    response_id: str | None = None  # duplicate: the response that made the call
+    accepted_seq: int | None = None  # duplicate: the logged tool.result.accepted
+
+
+class ToolApprovalReceipt(_Answer):
+    """``POST .../tool-approvals``: the decision was taken (an approved call runs, a denied one is
+    logged as its error result; ``tool.result.accepted`` follows in the log either way)."""
+
+    call_id: str
+    approved: bool
 
 
 WEBHOOK_EVENT_TYPE = "response.completed"
@@ -546,13 +584,21 @@ def parse_cursor(last_event_id: str | None, after: str | None) -> int | None:
 
 # ------------------------------------------------------------------ OpenAPI 3.1
 
-REQUEST_MODELS: list[type[BaseModel]] = [SessionCreate, MessageRequest, FeedbackRequest]
+REQUEST_MODELS: list[type[BaseModel]] = [
+    SessionCreate,
+    MessageRequest,
+    FeedbackRequest,
+    ToolResultRequest,
+    ToolApproveRequest,
+]
 RESPONSE_MODELS: list[type[BaseModel]] = [
     SessionCreated,
     ResponseResult,
     Job,
     CancelResult,
     FeedbackResult,
+    ToolResultReceipt,
+    ToolApprovalReceipt,
     WebhookPayload,
     ErrorBody,
 ]
@@ -761,6 +807,41 @@ def _paths() -> dict[str, Any]:
                 "parameters": session_params,
                 "requestBody": {"required": True, "content": _json(FeedbackRequest)},
                 "responses": {"200": _ok("Recorded.", _json(FeedbackResult)), **_errors(*_SESSION_ERRORS)},
+            }
+        },
+        "/v1/sessions/{session_id}/tool-results": {
+            "post": {
+                "operationId": "sendToolResult",
+                "summary": "Answer a client tool call (logged once per call_id)",
+                "description": (
+                    "The same as the WebSocket's `tool.result`. The last result a response waits for starts "
+                    "its continuation, seen on the turn's stream or `/events`. The same call_id again "
+                    "changes nothing: it answers `outcome: duplicate` with the original `accepted_seq`. "
+                    "A call the session does not have, or no longer waits for, is 400 `invalid_message`."
+                ),
+                "parameters": session_params,
+                "requestBody": {"required": True, "content": _json(ToolResultRequest)},
+                "responses": {
+                    "200": _ok("Accepted, or already accepted.", _json(ToolResultReceipt)),
+                    **_errors(*_SESSION_ERRORS, HTTPStatus.REQUEST_ENTITY_TOO_LARGE),
+                },
+            }
+        },
+        "/v1/sessions/{session_id}/tool-approvals": {
+            "post": {
+                "operationId": "approveToolCall",
+                "summary": "Approve or deny a server tool call that asked (`tool.approval_requested`)",
+                "description": (
+                    "The same as the WebSocket's `tool.approve`: approved runs the call, denied logs it as "
+                    "its error result. A call already decided, or not waiting for approval, is 400 "
+                    "`invalid_message`."
+                ),
+                "parameters": session_params,
+                "requestBody": {"required": True, "content": _json(ToolApproveRequest)},
+                "responses": {
+                    "200": _ok("Decided.", _json(ToolApprovalReceipt)),
+                    **_errors(*_SESSION_ERRORS),
+                },
             }
         },
         "/v1/openapi.json": {

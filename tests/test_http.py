@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,6 +20,7 @@ from starlette.routing import Route
 
 from parley.protocol.http import ErrorBody, Job, ResponseResult, openapi_document
 
+from . import server_tools
 from .conftest import store_url
 from .support import ServerProcess, live_server
 from .test_webhooks import SECRET, Receiver, eventually, receiver  # noqa: F401 (the fixture)
@@ -308,6 +310,101 @@ async def test_feedback_is_logged_with_its_seq(server: Any) -> None:
             "rating": "up",
             "seq": result["last_seq"] + 1,
         }
+
+
+# ------------------------------------------------------------------ tool calls
+
+SELECTION = {
+    "name": "get_selection",
+    "description": "The text the user selected in the page.",
+    "parameters": {"type": "object", "properties": {"limit": {"type": "integer"}}},
+}
+
+
+async def stream_turn(c: httpx.AsyncClient, sid: str, h: dict[str, str], body: dict[str, Any]) -> list[Event]:
+    """POST a message as SSE: its events up to its first response.completed (tool_calls ends it)."""
+    headers = {**h, "Accept": "text/event-stream"}
+    async with c.stream("POST", f"/v1/sessions/{sid}/messages", headers=headers, json=body) as r:
+        assert r.status_code == 200
+        return await sse(r.aiter_lines())
+
+
+async def tail_until_completed(c: httpx.AsyncClient, sid: str, h: dict[str, str], after: int) -> list[Event]:
+    async with c.stream("GET", f"/v1/sessions/{sid}/events?after={after}", headers=h) as r:
+        assert r.status_code == 200
+        return await sse(r.aiter_lines(), until="response.completed")
+
+
+async def test_a_client_tool_round_trip_over_http(server: Any) -> None:
+    """A call read from the stream and answered by POST .../tool-results continues into a reply with its
+    output; the same result again is a duplicate naming the original seq; an unknown call is 400."""
+    async with client(server) as c:
+        sid, h = await open_session(c)
+        first = await stream_turn(
+            c,
+            sid,
+            h,
+            {"client_msg_id": "t1", "content": '/tool get_selection {"limit": 5}', "tools": [SELECTION]},
+        )
+        call = next(e.data for e in first if e.event == "response.tool_call")
+        assert call["name"] == "get_selection" and call["arguments"] == {"limit": 5}
+        assert first[-1].data["finish_reason"] == "tool_calls"
+        url = f"/v1/sessions/{sid}/tool-results"
+        r = await c.post(url, headers=h, json={"call_id": call["call_id"], "output": "the selected text"})
+        assert r.status_code == 200, r.text
+        assert r.json() == {"call_id": call["call_id"], "outcome": "accepted"}
+        rest = await tail_until_completed(c, sid, h, first[-1].id or 0)
+        accepted = next(e for e in rest if e.event == "tool.result.accepted")
+        assert accepted.data["output"] == "the selected text" and accepted.data["is_error"] is False
+        final = rest[-1].data
+        assert final["finish_reason"] == "stop"
+        reply = "".join(e.data["text"] for e in rest if e.event == "response.delta")
+        assert "get_selection returned the selected text" in reply
+        again = await c.post(
+            url, headers=h, json={"call_id": call["call_id"], "output": "other", "is_error": True}
+        )
+        assert again.status_code == 200, again.text
+        assert again.json() == {
+            "call_id": call["call_id"],
+            "outcome": "duplicate",
+            "response_id": call["response_id"],
+            "accepted_seq": accepted.id,
+        }
+        unknown = await c.post(url, headers=h, json={"call_id": "call_nope", "output": "x"})
+        assert error_of(unknown, 400, "invalid_message")["ref"] == {
+            "type": "tool.result",
+            "call_id": "call_nope",
+        }
+        error_of(await c.post(url, headers=h, json={"output": "no call id"}), 400, "invalid_message")
+        error_of(await c.post(url, json={"call_id": "c", "output": "x"}), 401, "unauthorized")
+
+
+async def test_a_server_tool_is_approved_over_http(
+    store_kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """POST .../tool-approvals runs a server tool that asked; its result continues the turn; twice is 400."""
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text('default = "main"\n[profiles.main]\ntools = ["tests.server_tools:guarded"]\n')
+    async with (
+        live_server(store=store_url(store_kind, request), profiles=str(profiles), **FAST) as srv,
+        client(srv) as c,
+    ):
+        sid, h = await open_session(c)
+        first = await stream_turn(
+            c, sid, h, {"client_msg_id": "g1", "content": '/tool guarded {"text": "go"}'}
+        )
+        asked = next(e.data for e in first if e.event == "tool.approval_requested")
+        url = f"/v1/sessions/{sid}/tool-approvals"
+        r = await c.post(url, headers=h, json={"call_id": asked["call_id"], "approved": True})
+        assert r.status_code == 200, r.text
+        assert r.json() == {"call_id": asked["call_id"], "approved": True}
+        rest = await tail_until_completed(c, sid, h, first[-1].id or 0)
+        accepted = next(e.data for e in rest if e.event == "tool.result.accepted")
+        assert accepted["output"] == "approved: go" and accepted["is_error"] is False
+        assert server_tools.STARTED.count(("guarded", asked["call_id"])) == 1
+        assert rest[-1].data["finish_reason"] == "stop"
+        twice = await c.post(url, headers=h, json={"call_id": asked["call_id"], "approved": False})
+        error_of(twice, 400, "invalid_message")
 
 
 # ------------------------------------------------------------------ another instance

@@ -26,6 +26,8 @@ from parley.protocol.messages import (
     MessageSend,
     ResponseCompleted,
     SessionSnapshot,
+    ToolApprove,
+    ToolResult,
 )
 
 
@@ -182,6 +184,20 @@ def test_feedback_request_is_feedback_without_type() -> None:
     assert type(fb) is Feedback and fb.rating == "up" and fb.tags == ["a"]
     with pytest.raises(ValidationError):
         h.FeedbackRequest.model_validate_json('{"response_id":"r","rating":"meh"}')
+
+
+def test_tool_requests_are_the_tool_messages_without_type() -> None:
+    """The tool-results and tool-approvals bodies reuse tool.result's and tool.approve's fields and bounds."""
+    assert set(h.ToolResultRequest.model_fields) == set(ToolResult.model_fields)
+    assert set(h.ToolApproveRequest.model_fields) == set(ToolApprove.model_fields)
+    res = h.ToolResultRequest.model_validate_json('{"call_id":"c1","output":{"a":1}}').as_message()
+    assert type(res) is ToolResult and res.output == {"a": 1} and res.is_error is False
+    ok = h.ToolApproveRequest.model_validate_json('{"call_id":"c1","approved":false}').as_message()
+    assert type(ok) is ToolApprove and ok.approved is False
+    with pytest.raises(ValidationError):
+        h.ToolApproveRequest.model_validate_json(
+            '{"call_id":"c1","approved":"yes"}'
+        )  # strict, as on the WebSocket
 
 
 def test_session_create_metadata_is_hellos() -> None:
@@ -376,6 +392,8 @@ def test_openapi_names_every_path_and_header() -> None:
         "/v1/sessions/{session_id}/responses/{response_id}",
         "/v1/sessions/{session_id}/responses/{response_id}/cancel",
         "/v1/sessions/{session_id}/feedback",
+        "/v1/sessions/{session_id}/tool-results",
+        "/v1/sessions/{session_id}/tool-approvals",
         "/v1/openapi.json",
     }
     text = json.dumps(doc)

@@ -259,7 +259,8 @@ const NO_WEBSOCKET =
 //   open(opening)        start connecting; opening = {token, metadata, sessionId,
 //                        resumeToken, lastSeq}; the server's session.ready (real or,
 //                        over HTTP, made from the answers) arrives through the host
-//   send(frame) -> bool  a client frame (message.send, response.cancel, feedback, ping);
+//   send(frame) -> bool  a client frame (message.send, tool.result, tool.approve,
+//                        response.cancel, feedback, ping);
 //                        false: not now (the outbox resends it after the next ready)
 //   close(code, reason)  detach at once: no host callback after this
 //
@@ -458,6 +459,8 @@ const HTTP_ROUTES = {
   "message.send": ({ type, ...body }) => ["/messages", body],
   "response.cancel": ({ response_id }) => [`/responses/${encodeURIComponent(response_id)}/cancel`, {}],
   feedback: ({ type, ...body }) => ["/feedback", body],
+  "tool.result": ({ type, ...body }) => ["/tool-results", body],
+  "tool.approve": ({ type, ...body }) => ["/tool-approvals", body],
 };
 
 // The `ref` an error of each request names (as the WebSocket's error events do).
@@ -1669,12 +1672,20 @@ export class ParleyClient extends EventTarget {
    * send whose reply the log already showed finished settles now, as with message.duplicate.
    */
   _onAnswered(frame, body) {
+    if (frame.type === "tool.result" && body?.outcome === "duplicate") {
+      // The HTTP API answers what the WebSocket says as tool.result.duplicate.
+      const { call_id, response_id, accepted_seq } = body;
+      this._onToolDuplicate({ type: "tool.result.duplicate", call_id, response_id, accepted_seq });
+      return;
+    }
     if (frame.type !== "message.send" || typeof body?.response_id !== "string") return;
     const p = this._pending.find((x) => x.clientMsgId === frame.client_msg_id);
     if (!p) return;
     p.responseId = p.responseId ?? body.response_id;
-    const t = this._turns.find((x) => x.id === p.responseId);
-    if (t && t.finishReason != null) this._settlePending(p, t, null);
+    // The stream may already be past this response: a tool_calls end is not the reply's end.
+    const t = this._lastOfChain(p.responseId);
+    if (t) p.responseId = t.id;
+    if (t && !isOpen(t)) this._settlePending(p, t, null);
   }
 
   _onDuplicate(ev) {

@@ -46,6 +46,10 @@ from parley.protocol.http import (
     MessageRequest,
     SessionCreate,
     SessionCreated,
+    ToolApprovalReceipt,
+    ToolApproveRequest,
+    ToolResultReceipt,
+    ToolResultRequest,
     choose_mode,
     error_body,
     error_headers,
@@ -409,6 +413,35 @@ async def post_feedback(request: Request, ticket: Ticket) -> Response:
     return answer(FeedbackResult(response_id=body.response_id, rating=body.rating, seq=seq), ticket)
 
 
+@endpoint
+async def post_tool_result(request: Request, ticket: Ticket) -> Response:
+    """A client tool's result: the WebSocket's ``tool.result``, its duplicate answered in the body."""
+    runtime = _runtime(request)
+    call = await session_call(request, ticket)
+    body = await body_of(request, ToolResultRequest, runtime)
+    assert body is not None and call.session_id is not None
+    msg = body.as_message()
+    dup = await runtime.service.tool_result(call.session_id, msg.call_id, msg.output, msg.is_error)
+    if dup is None:
+        return answer(ToolResultReceipt(call_id=msg.call_id, outcome="accepted"), ticket)
+    receipt = ToolResultReceipt(
+        call_id=msg.call_id, outcome="duplicate", response_id=dup.response_id, accepted_seq=dup.accepted_seq
+    )
+    return answer(receipt, ticket)
+
+
+@endpoint
+async def post_tool_approval(request: Request, ticket: Ticket) -> Response:
+    """The person's decision on a server tool call: the WebSocket's ``tool.approve``."""
+    runtime = _runtime(request)
+    call = await session_call(request, ticket)
+    body = await body_of(request, ToolApproveRequest, runtime)
+    assert body is not None and call.session_id is not None
+    msg = body.as_message()
+    await runtime.service.tool_approve(call.session_id, msg.call_id, msg.approved)
+    return answer(ToolApprovalReceipt(call_id=msg.call_id, approved=msg.approved), ticket)
+
+
 async def openapi(request: Request) -> Response:
     return JSONResponse(openapi_document())
 
@@ -423,6 +456,8 @@ def routes() -> list[Route]:
         Route("/v1/sessions/{session_id}/responses/{response_id}", get_job, methods=["GET"]),
         Route("/v1/sessions/{session_id}/responses/{response_id}/cancel", cancel_response, methods=["POST"]),
         Route("/v1/sessions/{session_id}/feedback", post_feedback, methods=["POST"]),
+        Route("/v1/sessions/{session_id}/tool-results", post_tool_result, methods=["POST"]),
+        Route("/v1/sessions/{session_id}/tool-approvals", post_tool_approval, methods=["POST"]),
     ]
 
 

@@ -484,6 +484,88 @@ test("feedback() is a POST to .../feedback and resolves on the logged feedback.r
   assert.equal((await f).rating, "down");
 });
 
+/** A turn whose first response calls `calls` and ends with finish_reason "tool_calls". */
+function toolCallTurn(cmid, calls, { rid = "r1" } = {}) {
+  const evs = [
+    { type: "message.accepted", client_msg_id: cmid, message_id: "m1", content: "/tool" },
+    { type: "response.started", response_id: rid, in_reply_to: "m1", profile: "default@1", trace_id: "t1" },
+    ...calls.map((c) => ({ type: "response.tool_call", response_id: rid, server: false, ...c })),
+    { type: "response.completed", response_id: rid, finish_reason: "tool_calls", usage: { input_tokens: 1, output_tokens: 1 } },
+  ];
+  return evs.map((e, i) => ({ ...e, seq: i + 1 }));
+}
+
+test("a tool result is a POST to .../tool-results; the continuation on the stream settles the reply", async () => {
+  const env = makeEnv();
+  env.client.tool("add", { parameters: { type: "object" } }, ({ a, b }) => a + b);
+  env.client.connect();
+  const s = await openSse(env);
+  const p = env.client.send("/tool add");
+  await settle();
+  const send = env.http.take("POST", "/messages");
+  assert.deepEqual(send.body.tools.map((t) => t.name), ["add"], "no hello over HTTP: the turn declares its tools");
+  const evs = toolCallTurn(p.clientMsgId, [{ call_id: "c1", name: "add", arguments: { a: 1, b: 2 } }]);
+  for (const ev of evs) s.event(ev);
+  await settle();
+  send.respond(202, job()); // answered after the stream showed r1 end with tool_calls: not the reply's end
+  await settle();
+  const post = env.http.take("POST", "/v1/sessions/s1/tool-results");
+  assert.deepEqual(post.body, { call_id: "c1", output: 3 });
+  assert.equal(post.headers["Parley-Resume-Token"], "r1");
+  post.respond(200, { call_id: "c1", outcome: "accepted" });
+  let seq = evs.length;
+  s.event({ seq: ++seq, type: "tool.result.accepted", response_id: "r1", call_id: "c1", output: 3, is_error: false });
+  s.event({ seq: ++seq, type: "response.started", response_id: "r2", in_reply_to: "m1", profile: "default@1", trace_id: "t2", continues: "r1" });
+  s.event({ seq: ++seq, type: "response.delta", response_id: "r2", text: "Three." });
+  s.event({ seq: ++seq, type: "response.completed", response_id: "r2", finish_reason: "stop", usage: {} });
+  const reply = await p;
+  assert.equal(reply.id, "r2");
+  assert.equal(reply.content, "Three.");
+});
+
+test("a duplicate answer to a tool result is handled as tool.result.duplicate: never sent again", async () => {
+  const env = makeEnv();
+  env.client.connect();
+  const s = await openSse(env);
+  const dups = [];
+  env.client.on("tool_duplicate", (ev) => dups.push(ev));
+  env.client.toolResult("c1", "x");
+  await settle();
+  const post = env.http.take("POST", "/v1/sessions/s1/tool-results");
+  assert.deepEqual(post.body, { call_id: "c1", output: "x" });
+  post.respond(200, { call_id: "c1", outcome: "duplicate", response_id: "r1", accepted_seq: 7 });
+  await settle();
+  assert.deepEqual(dups, [{ type: "tool.result.duplicate", call_id: "c1", response_id: "r1", accepted_seq: 7 }]);
+  s.end(); // the stream ends: the client resumes, and its outbox has nothing left to send
+  await settle();
+  env.clock.advance(1000);
+  await openSse(env, { create: false });
+  await settle();
+  assert.equal(env.http.all("POST", "/tool-results").length, 1);
+});
+
+test("approving a server tool call is a POST to .../tool-approvals", async () => {
+  const env = makeEnv();
+  const asked = [];
+  env.client.on("approval", (a) => asked.push(a));
+  env.client.connect();
+  const s = await openSse(env);
+  const p = env.client.send("what time is it?");
+  await settle();
+  env.http.take("POST", "/messages").respond(202, job());
+  const evs = toolCallTurn(p.clientMsgId, []).slice(0, 2);
+  evs.push({ seq: 3, type: "response.tool_call", response_id: "r1", call_id: "s1", name: "clock", arguments: {}, server: true });
+  evs.push({ seq: 4, type: "tool.approval_requested", response_id: "r1", call_id: "s1", name: "clock", arguments: {} });
+  for (const ev of evs) s.event(ev);
+  await settle();
+  assert.equal(asked.length, 1);
+  await asked[0].approve();
+  await settle();
+  const post = env.http.take("POST", "/v1/sessions/s1/tool-approvals");
+  assert.deepEqual(post.body, { call_id: "s1", approved: true });
+  post.respond(200, { call_id: "s1", approved: true });
+});
+
 test("no ping goes over HTTP: the event stream's heartbeat comments keep the watchdog quiet", async () => {
   const env = makeEnv();
   env.client.connect();
