@@ -388,7 +388,7 @@ class SessionService:
             # a response waiting for tool results: its continuation is logged as started and cancelled
             body = encode(cancelled_wait_event())
             if await self.store.end_wait(session_id, rid, body=body, finish_reason="cancelled") is not None:
-                return
+                return "cancelling"  # ended at once: its continuation is logged as cancelled
         ref: dict[str, Any] = {"type": "response.cancel"}
         if rid:
             ref["response_id"] = rid
@@ -400,7 +400,8 @@ class SessionService:
             if finished_ok:  # HTTP's cancel is idempotent: a finished job is an answer, not an error
                 return outcome
             raise InvalidMessage("nothing to cancel: that response has already finished", ref=ref)
-        return outcome
+        # "waiting" only if the wait ended twice under us (it continued, and that is being cancelled)
+        return "cancelling" if outcome == "waiting" else outcome
 
     async def feedback(
         self, session_id: str, response_id: str, rating: str, comment: str | None, tags: list[str]

@@ -379,6 +379,26 @@ async def test_a_client_tool_round_trip_over_http(server: Any) -> None:
         error_of(await c.post(url, json={"call_id": "c", "output": "x"}), 401, "unauthorized")
 
 
+async def test_cancelling_a_response_that_waits_for_tool_results_answers_cancelling(server: Any) -> None:
+    """POST .../cancel on a response waiting for tool results ends the wait (its continuation is logged
+    cancelled) and answers 200 like any cancel; a result sent afterwards is refused."""
+    async with client(server) as c:
+        sid, h = await open_session(c)
+        first = await stream_turn(
+            c, sid, h, {"client_msg_id": "w1", "content": "/tool get_selection {}", "tools": [SELECTION]}
+        )
+        call = next(e.data for e in first if e.event == "response.tool_call")
+        r = await c.post(f"/v1/sessions/{sid}/responses/{call['response_id']}/cancel", headers=h)
+        assert r.status_code == 200, r.text
+        assert r.json() == {"response_id": call["response_id"], "outcome": "cancelling"}
+        rest = await tail_until_completed(c, sid, h, first[-1].id or 0)
+        assert rest[-1].data["finish_reason"] == "cancelled"
+        late = await c.post(
+            f"/v1/sessions/{sid}/tool-results", headers=h, json={"call_id": call["call_id"], "output": "x"}
+        )
+        error_of(late, 400, "invalid_message")
+
+
 async def test_a_server_tool_is_approved_over_http(
     store_kind: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:

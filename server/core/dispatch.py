@@ -1,8 +1,8 @@
 """``Dispatcher``: a client's frames after hello, each to the handler its ``type`` names.
 
-Transport-neutral: a WebSocket hands it every text frame; an HTTP transport would hand it
-a request body. It applies the connection's frame budget (``frames_per_minute``),
-parses (``parse_client``: one structured error per bad frame), looks the type up in
+Transport-neutral in what it does, used by the WebSocket for every text frame (the HTTP
+transport calls the same handler table per request, without a frame budget or strikes).
+It applies the connection's frame budget (``frames_per_minute``), parses (``parse_client``: one structured error per bad frame), looks the type up in
 the handler table (``server/core/handlers.py``) and answers every ``ParleyError`` on the
 wire; ``abuse_strikes`` ``rate_limited`` answers within a minute close the connection
 (4029). A new client message type is a model in ``protocol/messages.py`` plus one

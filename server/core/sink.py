@@ -2,8 +2,8 @@
 
 A sink takes text frames (each one protocol message, logged events verbatim as the
 log holds them: ``{"seq":N,...}``) and puts them on its wire: a WebSocket text frame
-each (``server/transports/ws.py``); an SSE transport would write ``id: <seq>`` (from
-``parley.protocol.seq_of``) and ``data: <frame>``. It never reorders, drops or
+each (``server/transports/ws.py``), or an SSE event with ``id: <seq>`` and ``data: <frame>``
+(``server/transports/sse.py``). It never reorders, drops or
 duplicates; the reader owns the cursor, dedupe and catch-up.
 """
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.types import Receive, Scope, Send
 
-from parley.protocol.errors import CloseCode, Unauthorized
+from parley.protocol.errors import CloseCode, ParleyError, Unauthorized
 from parley.protocol.http import EVENT_STREAM, REQUEST_ID_HEADER, TurnFold, sse_comment, sse_frame
 
 from ..core import SessionReader, SinkClosed, WriteDeadline
@@ -239,7 +239,10 @@ class EventStream:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             if first:
                 self._out.insert(0, first)
-            await self.begin(opening)
+            try:
+                await self.begin(opening)
+            except ParleyError as exc:  # the store failed the replay or snapshot: an error event, the end
+                await self.reader.fail(exc, CloseCode.GOING_AWAY)
             timeout = self.runtime.settings.send_timeout_ms / 1000
             while not self.gone:
                 if not self._out:

@@ -274,7 +274,11 @@ class WebSocketConnection:
             return False
         await self.reader.send(self.runtime.admission.ready(opening))
         handshake.admitted(self.ws.scope)  # no longer a pending handshake (server/handshake.py)
-        await self.reader.start(opening)
+        try:
+            await self.reader.start(opening)
+        except ParleyError as exc:  # the store failed the replay or snapshot: say so, then 1001
+            await self.reader.fail(exc, CloseCode.GOING_AWAY)
+            return False
         return not self.closed
 
     async def _expired(self) -> None:
