@@ -2,11 +2,12 @@
 
 Transport-neutral in what it does, used by the WebSocket for every text frame (the HTTP
 transport calls the same handler table per request, without a frame budget or strikes).
-It applies the connection's frame budget (``frames_per_minute``), parses (``parse_client``:
-one structured error per bad frame), looks the type up in the handler table (``server/core/handlers.py``) and answers every ``ParleyError`` on the
-wire; ``abuse_strikes`` ``rate_limited`` answers within a minute close the connection
-(4029). A new client message type is a model in ``protocol/messages.py`` plus one
-entry in the table: nothing here changes.
+It applies the connection's frame budget (``frames_per_minute``), parses
+(``parse_client``: one structured error per bad frame), looks the type up in the handler
+table (``server/core/handlers.py``) and answers every ``ParleyError`` on the wire;
+``abuse_strikes`` ``rate_limited`` answers within a minute close the connection (4029).
+A new client message type is a model in ``protocol/messages.py`` plus one entry in the
+table: nothing here changes.
 """
 
 from __future__ import annotations
