@@ -5,6 +5,8 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
+import { FakeClock, FakeStorage, fakeWebSocket } from "./fakes.mjs";
+
 import {
   backoffDelay,
   CLIENT_TYPES,
@@ -16,90 +18,9 @@ import {
 
 // ------------------------------------------------------------------ fakes
 
-class FakeClock {
-  constructor() {
-    this.t = 1_700_000_000_000;
-    this.nextId = 1;
-    this.timers = new Map();
-  }
-  now = () => this.t;
-  setTimeout = (fn, ms) => {
-    const id = this.nextId++;
-    this.timers.set(id, { at: this.t + Math.max(0, ms), fn });
-    return id;
-  };
-  clearTimeout = (id) => {
-    this.timers.delete(id);
-  };
-  /** Advance time, firing due timers in order (timers they schedule fire too, if due). */
-  advance(ms) {
-    const end = this.t + ms;
-    for (;;) {
-      let next = null;
-      for (const [id, tm] of this.timers) if (tm.at <= end && (!next || tm.at < next[1].at)) next = [id, tm];
-      if (!next) break;
-      this.timers.delete(next[0]);
-      this.t = Math.max(this.t, next[1].at);
-      next[1].fn();
-    }
-    this.t = end;
-  }
-  /** Jump the wall clock without running timers (a frozen or throttled tab). */
-  jump(ms) {
-    this.t += ms;
-  }
-}
-
-class FakeStorage {
-  constructor() {
-    this.map = new Map();
-  }
-  getItem(k) {
-    return this.map.has(k) ? this.map.get(k) : null;
-  }
-  setItem(k, v) {
-    this.map.set(k, String(v));
-  }
-  removeItem(k) {
-    this.map.delete(k);
-  }
-}
-
 function makeEnv({ random = () => 0.5, storage = new FakeStorage(), clock = new FakeClock(), ...rest } = {}) {
   const sockets = [];
-  class FakeWebSocket {
-    constructor(url, protocol) {
-      this.url = url;
-      this.protocol = protocol;
-      this.readyState = 0;
-      this.sent = [];
-      this.closedByClient = null;
-      sockets.push(this);
-    }
-    send(data) {
-      if (this.readyState !== 1) throw new Error("not open");
-      this.sent.push(JSON.parse(data));
-    }
-    close(code, reason) {
-      this.closedByClient = { code, reason };
-      this.readyState = 3;
-    }
-    // server side
-    accept() {
-      this.readyState = 1;
-      this.onopen?.({});
-    }
-    push(obj) {
-      this.onmessage?.({ data: JSON.stringify(obj) });
-    }
-    drop(code = 1006, reason = "") {
-      this.readyState = 3;
-      this.onclose?.({ code, reason });
-    }
-    frames(type) {
-      return this.sent.filter((f) => f.type === type);
-    }
-  }
+  const FakeWebSocket = fakeWebSocket(sockets);
   const client = new ParleyClient({
     url: "ws://test/v1/ws",
     transport: "websocket", // these tests are about the core over a WebSocket; "auto" has its own file
