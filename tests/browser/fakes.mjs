@@ -50,7 +50,6 @@ export class FakeStorage {
   }
 }
 
-
 /** A WebSocket class whose instances record themselves in ``sockets``; a test plays the server. */
 export function fakeWebSocket(sockets) {
   return class FakeWebSocket {
