@@ -22,7 +22,7 @@ from parley.sessions import SessionStore, UnsupportedStoreUrl, keys, open_store,
 from . import fastpath
 from .auth import build_authenticator
 from .config_error import ConfigError
-from .core import Admission, Handler, Handlers
+from .core import Admission, Handler, Handlers, SessionReader, Sink
 from .core.admission import Ticket
 from .generation import Generation, Generations
 from .jobs import Jobs
@@ -103,6 +103,17 @@ class Runtime:
         self.webhooks.lookup = self.jobs.lookup
         self.generations.on_finish.append(self.jobs.on_finish)
         self.generations.on_reaped.append(self.jobs.on_reaped)
+
+    def reader(self, sink: Sink) -> SessionReader:
+        """A client's reader of its log, writing to ``sink`` (one per connection, any transport)."""
+        settings = self.settings
+        return SessionReader(
+            self.store,
+            sink,
+            buffer_events=settings.send_buffer_events,
+            heartbeat_interval_s=settings.heartbeat_interval_ms / 1000,
+            metrics=self.metrics,
+        )
 
     def _on_finish(self, gen: Generation, finish_reason: str) -> None:
         """Runs in the generation's task: metrics and one log line (no text)."""

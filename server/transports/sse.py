@@ -27,7 +27,7 @@ from starlette.types import Receive, Scope, Send
 from parley.protocol.errors import CloseCode, ParleyError, Unauthorized
 from parley.protocol.http import EVENT_STREAM, REQUEST_ID_HEADER, TurnFold, sse_comment, sse_frame
 
-from ..core import SessionReader, SinkClosed, WriteDeadline
+from ..core import SinkClosed, WriteDeadline
 from ..core.admission import Ticket
 from ..core.reader import Opening
 
@@ -99,13 +99,7 @@ class EventStream:
         self.watch = watch
         self.sse = sse  # False: a synchronous call, which only watches its turn
         self.deadline = WriteDeadline(settings.send_timeout_ms / 1000)
-        self.reader = SessionReader(
-            runtime.store,
-            self,
-            buffer_events=settings.send_buffer_events,
-            heartbeat_interval_s=settings.heartbeat_interval_ms / 1000,
-            metrics=runtime.metrics,
-        )
+        self.reader = runtime.reader(self)
         self.ended = asyncio.Event()  # nothing more will be taken: the stream ends once sent
         self.gone = False  # the client disconnected
         self._out: list[bytes] = []

@@ -33,7 +33,7 @@ from parley.protocol.messages import Hello
 from parley.protocol.tools import ToolSpec
 
 from .. import handshake
-from ..core import Dispatcher, SessionReader, SinkClosed, SlowPeer, WriteDeadline
+from ..core import Dispatcher, SinkClosed, SlowPeer, WriteDeadline
 from ..core.admission import Ticket
 from ..fastpath.uvicorn_ws import INLINE, Direct, direct_transport, send_now, writable, write_some
 from ..guard import header
@@ -72,13 +72,7 @@ class WebSocketConnection:
         self.direct = direct  # uvicorn's transport, when frames may be written to it directly
         self.deadline = WriteDeadline(settings.send_timeout_ms / 1000)
         self.ticket: Ticket = runtime.admission.ticket()
-        self.reader = SessionReader(
-            runtime.store,
-            self,
-            buffer_events=settings.send_buffer_events,
-            heartbeat_interval_s=settings.heartbeat_interval_ms / 1000,
-            metrics=runtime.metrics,
-        )
+        self.reader = runtime.reader(self)
         self.dispatcher = Dispatcher(
             runtime.handler_table,
             self,
