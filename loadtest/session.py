@@ -17,10 +17,12 @@ boundaries. Integrity is checked on every logged event:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -543,28 +545,13 @@ class LoadSession:
         ctx = self.ctx
         if not await self._open():
             return
-        try:
+        with self._accounted():
             turn = 0
             while (turns is None or turn < turns) and time.perf_counter() < ctx.stop_turns_at:
                 await self.take_turn(turn)
                 turn += 1
                 if self.cfg.think_s:
                     await asyncio.sleep(self.cfg.think_s)
-            self.stats.counts["sessions_completed"] += 1
-        except SessionFailed as exc:
-            self.stats.failures[exc.code] += 1
-            self.stats.counts["sessions_failed"] += 1
-            self.stats.counts["turns_failed"] += 1
-        except asyncio.CancelledError:
-            if self._done is not None and not self._done.done():
-                self.stats.failures["deadline"] += 1
-                self.stats.counts["turns_failed"] += 1
-            raise
-        finally:
-            if self.missing:
-                self.stats.counts["lost"] += len(self.missing)
-                self.missing.clear()
-            self.close()
 
     async def run_bursts(self, turns: int) -> None:
         """Burst mode: connect, then take each turn when the gate opens for every session at once."""
@@ -574,15 +561,26 @@ class LoadSession:
             gate.leave()
             return
         released = False
+        with self._accounted():
+            try:
+                for turn in range(turns):
+                    if time.perf_counter() >= self.ctx.stop_turns_at:
+                        break
+                    released = False
+                    self.first_at = None
+                    await gate.arrive()
+                    released = True
+                    await self.take_turn(turn)
+            finally:
+                if released and self.first_at is None:
+                    gate.first()  # the runner must not wait for a first token that will not come
+                gate.leave()
+
+    @contextlib.contextmanager
+    def _accounted(self) -> Iterator[None]:
+        """Count a session however its turns end (completed, failed, cut by the deadline); then close."""
         try:
-            for turn in range(turns):
-                if time.perf_counter() >= self.ctx.stop_turns_at:
-                    break
-                released = False
-                self.first_at = None
-                await gate.arrive()
-                released = True
-                await self.take_turn(turn)
+            yield
             self.stats.counts["sessions_completed"] += 1
         except SessionFailed as exc:
             self.stats.failures[exc.code] += 1
@@ -594,9 +592,6 @@ class LoadSession:
                 self.stats.counts["turns_failed"] += 1
             raise
         finally:
-            if released and self.first_at is None:
-                gate.first()  # the runner must not wait for a first token that will not come
-            gate.leave()
             if self.missing:
                 self.stats.counts["lost"] += len(self.missing)
                 self.missing.clear()
